@@ -1,0 +1,14 @@
+"""minitbt: ternary and binary transformers for text generation, in NumPy and Cython.
+
+    Tensor, no_grad        minitbt/tensor.py      reverse-mode autodiff on ndarrays
+    functional (F)         minitbt/functional/    every op, forward beside backward
+    nn                     minitbt/nn/            Module, layers, attention, Seq2SeqTransformer
+    optim                  minitbt/optim.py       SGD, Adam, AdamW, schedules, clipping
+"""
+from minitbt.tensor import Tensor, is_grad_enabled, no_grad, tensor
+from minitbt import functional
+from minitbt import functional as F
+from minitbt import nn, optim
+
+__version__ = "0.1.0"
+__all__ = ["Tensor", "tensor", "no_grad", "is_grad_enabled", "functional", "F", "nn", "optim"]

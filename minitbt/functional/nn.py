@@ -1,0 +1,171 @@
+"""Neural-network ops with fused, analytic backward passes.
+
+softmax, log_softmax, layer_norm, dropout, cross_entropy (ignore_index, label smoothing),
+soft_cross_entropy and mse_loss (for distillation), and scaled dot-product attention.
+Fusing keeps the graph small and each backward exact: these are the hot ops of training.
+"""
+import numpy as np
+
+from minitbt.tensor import Tensor
+
+make = Tensor.make
+
+
+def softmax(a: Tensor, axis: int = -1) -> Tensor:
+    """y_i = e^(x_i - m) / sum_j e^(x_j - m), m = max x (stability);  dL/dx = y (g - sum(g y))."""
+    x = a.data
+    y = np.exp(x - x.max(axis=axis, keepdims=True))
+    y /= y.sum(axis=axis, keepdims=True)
+
+    def backward(g):
+        return (y * (g - (g * y).sum(axis=axis, keepdims=True)),)
+    return make(y, (a,), backward, "softmax")
+
+
+def log_softmax(a: Tensor, axis: int = -1) -> Tensor:
+    """y = x - m - log sum e^(x - m);  dL/dx = g - softmax(x) sum(g)."""
+    x = a.data
+    shifted = x - x.max(axis=axis, keepdims=True)
+    y = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+    def backward(g):
+        return (g - np.exp(y) * g.sum(axis=axis, keepdims=True),)
+    return make(y, (a,), backward, "log_softmax")
+
+
+def layer_norm(a: Tensor, weight: Tensor = None, bias: Tensor = None, eps: float = 1e-5) -> Tensor:
+    """Layer normalisation over the last axis (Ba et al. 2016), fused.
+
+    xhat = (x - mu) / sqrt(var + eps),  y = xhat * w + b
+    dL/dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat)),  gh = g * w
+    dL/dw = sum(g * xhat),  dL/db = sum(g)  (over all leading axes)
+    """
+    x = a.data
+    mu = x.mean(axis=-1, keepdims=True)
+    xc = x - mu
+    rstd = 1.0 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    xhat = xc * rstd
+    y = xhat * weight.data if weight is not None else xhat.copy()
+    if bias is not None:
+        y += bias.data
+    parents = tuple(t for t in (a, weight, bias) if t is not None)
+
+    def backward(g):
+        gh = g * weight.data if weight is not None else g
+        gx = rstd * (gh - gh.mean(axis=-1, keepdims=True) - xhat * (gh * xhat).mean(axis=-1, keepdims=True))
+        grads = [gx]
+        lead = tuple(range(g.ndim - 1))
+        if weight is not None:
+            grads.append((g * xhat).sum(axis=lead))
+        if bias is not None:
+            grads.append(g.sum(axis=lead))
+        return tuple(grads)
+    return make(y, parents, backward, "layer_norm")
+
+
+def dropout(a: Tensor, p: float, training: bool, rng: np.random.Generator) -> Tensor:
+    """Inverted dropout: y = x * m / (1 - p), m ~ Bernoulli(1 - p); identity when not training."""
+    if not training or p == 0.0:
+        return a
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    scale = np.asarray(1.0 / (1.0 - p), dtype=a.data.dtype)
+    m = (rng.random(a.data.shape, dtype=np.float32) >= p) * scale
+
+    def backward(g):
+        return (g * m,)
+    return make(a.data * m, (a,), backward, "dropout")
+
+
+def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, label_smoothing: float = 0.0) -> Tensor:
+    """Mean token cross-entropy from logits (N, C) and integer targets (N,), fused with log_softmax.
+
+    With smoothing eps the target distribution is q = (1 - eps) onehot(t) + eps / C:
+    loss_i = -sum_c q_c log p_c.   dL/dlogits_i = (p_i - q_i) / n_valid, zero for ignored rows.
+    Rows whose target equals ``ignore_index`` (padding) count neither in the sum nor in n_valid.
+    """
+    x = logits.data
+    t = np.asarray(targets.data if isinstance(targets, Tensor) else targets)
+    if x.ndim != 2 or t.shape != x.shape[:1]:
+        raise ValueError(f"cross_entropy expects logits (N, C) and targets (N,), got {x.shape} and {t.shape}")
+    N, C = x.shape
+    valid = t != ignore_index
+    n_valid = max(int(valid.sum()), 1)
+    tv = np.where(valid, t, 0)
+    if valid.any() and (tv.min() < 0 or tv.max() >= C):
+        raise IndexError(f"cross_entropy target out of range [0, {C}): {tv.min()}..{tv.max()}")
+    shifted = x - x.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    logp = shifted - lse                                           # (N, C)
+    nll = -logp[np.arange(N), tv]                                  # (N,)
+    if label_smoothing:
+        nll = (1 - label_smoothing) * nll - label_smoothing * logp.mean(axis=1)
+    loss = np.asarray((nll * valid).sum() / n_valid, dtype=x.dtype)
+
+    def backward(g):
+        grad = np.exp(logp)                                        # p
+        grad[np.arange(N), tv] -= 1 - label_smoothing
+        if label_smoothing:
+            grad -= label_smoothing / C
+        grad *= (g / n_valid) * valid[:, None]
+        return (grad.astype(x.dtype, copy=False),)
+    return make(loss, (logits,), backward, "cross_entropy")
+
+
+def soft_cross_entropy(logits: Tensor, target_probs, mask=None, temperature: float = 1.0) -> Tensor:
+    """Distillation loss: mean over rows of -sum_c p_teacher,c log softmax(z / T)_c.
+
+    logits (N, C), target_probs (N, C) (constant: the teacher is frozen), mask (N,) of rows to count.
+    dL/dz = (softmax(z / T) - p_teacher) / (T n).
+    """
+    x = logits.data / temperature
+    p_t = np.asarray(target_probs.data if isinstance(target_probs, Tensor) else target_probs)
+    if p_t.shape != x.shape:
+        raise ValueError(f"soft_cross_entropy: logits {x.shape} and teacher probabilities {p_t.shape} differ")
+    keep = np.ones(x.shape[0], dtype=bool) if mask is None else np.asarray(mask, dtype=bool).reshape(-1)
+    n = max(int(keep.sum()), 1)
+    shifted = x - x.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = np.asarray(-((p_t * logp).sum(axis=1) * keep).sum() / n, dtype=x.dtype)
+
+    def backward(g):
+        return (((np.exp(logp) - p_t) * keep[:, None] * (g / (n * temperature))).astype(x.dtype),)
+    return make(loss, (logits,), backward, "soft_cross_entropy")
+
+
+def mse_loss(a: Tensor, target) -> Tensor:
+    """L = mean (a - target)^2 with a constant target;  dL/da = 2 (a - target) / n."""
+    t = target.data if isinstance(target, Tensor) else np.asarray(target)
+    if t.shape != a.data.shape:
+        raise ValueError(f"mse_loss: shapes differ, {a.data.shape} vs {t.shape}")
+    diff = a.data - t
+    n = diff.size
+
+    def backward(g):
+        return (g * (2.0 / n) * diff,)
+    return make(np.asarray((diff * diff).mean(), dtype=a.data.dtype), (a,), backward, "mse_loss")
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None) -> Tensor:
+    """Fused attention:  P = softmax(q k^T / sqrt(d) masked),  y = P v.
+
+    q (B, H, Tq, d), k and v (B, H, Tk, d); mask broadcastable to (B, H, Tq, Tk), True = hidden.
+    Backward:  dV = P^T g,  dP = g V^T,  dS = P (dP - sum(dP P)),  dQ = dS K / sqrt(d),  dK = dS^T Q / sqrt(d).
+    """
+    qd, kd, vd = q.data, k.data, v.data
+    scale = np.asarray(qd.shape[-1] ** -0.5, dtype=qd.dtype)
+    s = (qd @ np.swapaxes(kd, -1, -2)) * scale                   # (B, H, Tq, Tk)
+    if mask is not None:
+        s = np.where(mask, np.asarray(-1e9, dtype=s.dtype), s)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    y = p @ vd                                                    # (B, H, Tq, d)
+
+    def backward(g):
+        gv = np.swapaxes(p, -1, -2) @ g if v.requires_grad else None
+        dp = g @ np.swapaxes(vd, -1, -2)
+        ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True)) * scale
+        gq = ds @ kd if q.requires_grad else None
+        gk = np.swapaxes(ds, -1, -2) @ qd if k.requires_grad else None
+        return gq, gk, gv
+    return make(y, (q, k, v), backward, "attention")

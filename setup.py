@@ -1,0 +1,58 @@
+"""Build script: compiles the Cython kernels in minitbt/_core.pyx.
+
+The extension is optional. When no C compiler is available the build prints a
+warning and minitbt runs on its pure-NumPy reference kernels instead.
+Set MINITBT_PORTABLE=1 to build without -march=native (a binary for other CPUs).
+"""
+import os
+import sys
+import sysconfig
+
+import numpy as np
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+def _native_flags():
+    """-O3 everywhere; -march=native (AVX2 paths) unless asked for a portable build."""
+    if sys.platform == "win32":
+        return ["/O2"]
+    flags = ["-O3", "-fno-strict-aliasing"]
+    if os.environ.get("MINITBT_PORTABLE", "0") != "1":
+        flags.append("-march=native" if "arm" not in sysconfig.get_platform() else "-mcpu=native")
+    return flags
+
+
+class OptionalBuildExt(build_ext):
+    """Build the extension if possible; fall back to NumPy kernels if not."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # no compiler, no Cython, ...
+            print(f"WARNING: minitbt._core was not built ({exc}); NumPy reference kernels will be used.")
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            print(f"WARNING: minitbt._core was not built ({exc}); NumPy reference kernels will be used.")
+
+
+def _extensions():
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("WARNING: Cython is missing; minitbt._core will not be built.")
+        return []
+    ext = Extension(
+        "minitbt._core",
+        ["minitbt/_core.pyx"],
+        include_dirs=[np.get_include()],
+        extra_compile_args=_native_flags(),
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+    return cythonize([ext], compiler_directives={"language_level": "3"}, quiet=True)
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})
