@@ -2,6 +2,8 @@
 import gzip, importlib.util, os, unicodedata
 import pytest
 
+import minitbt.datasets as D
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "data")
 TASKS = ["ddtp-en-de", "debian-summ"]
@@ -174,7 +176,7 @@ def test_prepare_user_task(tmp_path):
     (src_dir / "train.source").write_text("".join(f"hello  world {i}\n" for i in range(n)))
     with gzip.open(src_dir / "train.target.gz", "wt") as f:
         f.write("".join(f"hallo welt {i}\n" for i in range(n)))
-    counts = P.prepare_user_task(str(src_dir), str(out), vocab_size=100)
+    counts = D.prepare_user_task(str(src_dir), str(out), vocab_size=100)
     assert counts == {"train": 180, "valid": 10, "test": 10}
     pairs = []
     for split in P.SPLITS:

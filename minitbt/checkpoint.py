@@ -1,0 +1,84 @@
+"""Checkpoints: one .npz file (no pickle) holding arrays plus a JSON header.
+
+    model/<param or buffer name>   the model's state dict (float32, or float16 with half=True)
+    optim/<slot>.<i>               optimizer moments (training checkpoints only)
+    __meta__                       UTF-8 JSON: configs, step, epoch position, RNG state, quant recipe
+
+Writes are atomic: the file is written beside its destination under a temporary name, flushed
+to disk and renamed over it, so an interrupted save (Ctrl-C, a crash, a full disk) leaves the
+previous checkpoint intact and no half-written file. Loading never unpickles anything
+(``allow_pickle=False``) and turns a truncated or foreign file into a clear error.
+"""
+import io
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+FORMAT = "minitbt-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt or does not fit the model."""
+
+
+def save(path: str, model_state: dict, meta: dict, optim_state: dict = None, half: bool = False) -> None:
+    """Atomically write a checkpoint to ``path``."""
+    arrays = {}
+    for name, arr in model_state.items():
+        arr = np.asarray(arr)
+        arrays[f"model/{name}"] = arr.astype(np.float16) if half and arr.dtype == np.float32 else arr
+    scalars = {}
+    for name, val in (optim_state or {}).items():
+        if isinstance(val, np.ndarray):
+            arrays[f"optim/{name}"] = val
+        else:
+            scalars[name] = val
+    header = {"format": FORMAT, "version": VERSION, **meta, "optim_scalars": scalars}
+    arrays["__meta__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load(path: str):
+    """Read a checkpoint: returns (model_state, meta, optim_state). Arrays come back as float32."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            files = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise CheckpointError(f"{path} is not a readable minitbt checkpoint (corrupt or truncated?): {exc}") from None
+    if "__meta__" not in files:
+        raise CheckpointError(f"{path} is an .npz file but not a minitbt checkpoint (no __meta__ entry)")
+    try:
+        meta = json.loads(files.pop("__meta__").tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: corrupt checkpoint header: {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
+    model_state, optim_state = {}, dict(meta.pop("optim_scalars", {}))
+    for key, arr in files.items():
+        kind, _, name = key.partition("/")
+        if kind == "model":
+            model_state[name] = arr.astype(np.float32) if arr.dtype == np.float16 else arr
+        elif kind == "optim":
+            optim_state[name] = arr
+    return model_state, meta, optim_state

@@ -1,0 +1,105 @@
+"""The ``minitbt`` command.
+
+    minitbt prepare   DIR --out data/mytask --kind translation   a user's parallel text -> a task folder
+    minitbt train     --preset tiny --task data/ddtp-en-de --out runs/tiny [--resume] [--quant 2-2-8 --teacher CKPT]
+    minitbt eval      --model CKPT --task data/ddtp-en-de --split test [--beam 4] [--packed]
+    minitbt translate --model CKPT "An English sentence."         (reads standard input without text)
+    minitbt summarize --model CKPT "A long description ..."
+    minitbt summary   --model CKPT                                 parameters, memory and MACs by bit width
+    minitbt export    --model CKPT --out model.npz [--half] [--packed]
+
+``--threads N`` sets the BLAS thread count before NumPy starts. Errors in the input (a missing
+file, an unknown task, an empty text, a corrupt checkpoint) end with a one-line message and exit 2.
+"""
+import argparse
+import os
+import sys
+from dataclasses import fields
+
+MODELS = {"translation": "models/ddtp-en-de-fp.npz", "summarization": "models/debian-summ-fp.npz"}
+
+
+def _set_threads(argv):
+    """Honour --threads before NumPy (and its BLAS) is imported."""
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv) or a.startswith("--threads="):
+            n = a.split("=", 1)[1] if "=" in a else argv[i + 1]
+            for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ[var] = n
+
+
+def _train_parser(sub):
+    from minitbt.train import TrainConfig
+    p = sub.add_parser("train", help="train a model (full precision, or quantization-aware with --quant)")
+    p.add_argument("--preset", default="tiny", help="tiny, small or test (flags below override it)")
+    p.add_argument("--resume", action="store_true", help="continue <out>/last.npz exactly")
+    for f in fields(TrainConfig):
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=None)
+    return p
+
+
+def _build_parser():
+    ap = argparse.ArgumentParser(prog="minitbt", description="ternary and binary transformers in NumPy")
+    ap.add_argument("--threads", type=int, default=None, help="BLAS threads (set before NumPy starts)")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="turn train/valid/test.{source,target} files into a task folder")
+    p.add_argument("src_dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--kind", choices=["translation", "summarization"], default="translation")
+    p.add_argument("--vocab-size", type=int, default=8000)
+
+    _train_parser(sub)
+
+    for name in ("translate", "summarize"):
+        p = sub.add_parser(name, help=f"{name} text with a checkpoint")
+        p.add_argument("text", nargs="?", help="the text (default: one text per line of standard input)")
+        _decoding_args(p, default_model=MODELS["translation" if name == "translate" else "summarization"])
+
+    p = sub.add_parser("eval", help="BLEU/chrF or ROUGE of a checkpoint on a split")
+    p.add_argument("--task", required=True)
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    p.add_argument("--hyp-out", default=None, help="write hypotheses here (default: next to the model)")
+    _decoding_args(p, default_model=None)
+
+    p = sub.add_parser("summary", help="per-layer table of parameters, memory and MACs by bit width")
+    p.add_argument("--model", required=True)
+
+    p = sub.add_parser("export", help="save weights only (float16 with --half, or the packed form)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--half", action="store_true")
+    p.add_argument("--packed", action="store_true")
+    return ap
+
+
+def _decoding_args(p, default_model):
+    p.add_argument("--model", default=default_model, required=default_model is None)
+    p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
+    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--min-len", type=int, default=0)
+    p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--packed", action="store_true", help="run the packed (bit-kernel) model")
+    p.add_argument("--tokenizer", default=None, help="task folder with tokenizer.json (default: from the model)")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    _set_threads(argv)
+    args = _build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
+        msg = exc.args[0] if exc.args else str(exc)
+        print(f"minitbt {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _run(args):
+    from minitbt import commands
+    return getattr(commands, args.command)(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

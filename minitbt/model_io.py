@@ -1,0 +1,47 @@
+"""Building models and moving them to and from checkpoint files.
+
+A checkpoint's header says what to rebuild: the TransformerConfig and, for a quantization-aware
+model, its recipe and method; then the saved arrays are loaded with full shape checks.
+"""
+from minitbt import checkpoint
+from minitbt.nn import Seq2SeqTransformer, TransformerConfig
+
+
+def build_model(**config) -> Seq2SeqTransformer:
+    return Seq2SeqTransformer(TransformerConfig(**config))
+
+
+def quantize(model, recipe: str, method: str = "tbt"):
+    """A quantized copy of ``model`` (see minitbt.quant.quantize_model), tagged for saving."""
+    from minitbt.quant import quantize_model
+    qmodel = quantize_model(model, recipe, method=method)
+    qmodel.quant_info = {"recipe": recipe, "method": method}
+    return qmodel
+
+
+def model_meta(model) -> dict:
+    return {"model_config": model.config.to_dict(), "quant": getattr(model, "quant_info", None)}
+
+
+def save_model(path: str, model, half: bool = False, **extra_meta) -> None:
+    """Weights only (no optimizer), e.g. a shipped model in float16 with half=True."""
+    checkpoint.save(path, model.state_dict(), {**model_meta(model), **extra_meta}, half=half)
+
+
+def load_model(path: str, with_optimizer: bool = False):
+    """Rebuild the model saved at ``path``: returns (model, meta) or (model, meta, optimizer_state)."""
+    state, meta, optim_state = checkpoint.load(path)
+    if "model_config" not in meta:
+        raise checkpoint.CheckpointError(f"{path}: checkpoint header has no model_config")
+    try:
+        model = Seq2SeqTransformer(TransformerConfig.from_dict(meta["model_config"]))
+    except (TypeError, ValueError) as exc:
+        raise checkpoint.CheckpointError(f"{path}: bad model_config in checkpoint: {exc}") from None
+    if meta.get("quant"):
+        model = quantize(model, meta["quant"]["recipe"], meta["quant"].get("method", "tbt"))
+    try:
+        model.load_state_dict(state)
+    except ValueError as exc:
+        raise checkpoint.CheckpointError(f"{path} does not fit the model it describes:\n{exc}") from None
+    model.eval()
+    return (model, meta, optim_state) if with_optimizer else (model, meta)

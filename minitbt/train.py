@@ -1,0 +1,232 @@
+"""The training entry point: config, presets, the loop, periodic validation, checkpoints, resume.
+
+    python -m minitbt.cli train --preset tiny --task data/ddtp-en-de --out runs/tiny
+
+One step: a length-bucketed batch -> logits -> loss (label-smoothed CE, or CE + distillation
+from a frozen teacher when training a quantized student) -> backward -> clip -> AdamW.
+Checkpoints (``<out>/last.npz``, ``<out>/best.npz``) hold weights, optimizer moments, both
+configs, the step, the position in the epoch and the dropout RNG, so ``--resume`` continues
+bit for bit. Every validation appends a line to ``<out>/metrics.jsonl``.
+"""
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+
+from minitbt import checkpoint, metrics, optim
+from minitbt import functional as F
+from minitbt.data import PAD, Seq2SeqData, decode, load_tokenizer
+from minitbt.datasets import task_info
+from minitbt.decode import greedy
+from minitbt.model_io import build_model, load_model, model_meta, quantize
+from minitbt.tensor import no_grad
+
+
+@dataclass
+class TrainConfig:
+    task: str = "data/ddtp-en-de"
+    out: str = "runs/tiny"
+    # model (used when training from scratch)
+    d_model: int = 128
+    n_heads: int = 4
+    d_ff: int = 512
+    n_layers: int = 2            # encoder and decoder layers each
+    dropout: float = 0.1
+    max_src_len: int = 64
+    max_tgt_len: int = 64
+    # optimisation
+    batch_tokens: int = 3000
+    lr: float = 2e-3
+    warmup: int = 100
+    decay: str = "linear"
+    max_steps: int = 600
+    max_minutes: float = 0.0     # stop (and checkpoint) after this much training time; 0 = no limit
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    label_smoothing: float = 0.1
+    # bookkeeping
+    eval_every: int = 200
+    eval_sentences: int = 200    # greedy-decoded validation sentences for the metric
+    log_every: int = 10
+    seed: int = 0
+    init: str = ""               # start from this checkpoint's weights (a quantized student from its FP model)
+    # quantization-aware training (see minitbt.quant and minitbt.distill)
+    quant: str = ""              # "E-W-A" recipe, e.g. "2-2-8"; empty = full precision
+    method: str = "tbt"          # quantization method (tbt, twn, bwn, bit, ...)
+    teacher: str = ""            # FP checkpoint to distil from
+    kd_logits: float = 1.0
+    kd_hidden: float = 1.0
+    kd_attn: float = 1.0
+
+
+PRESETS = {
+    # a few minutes on a laptop CPU; BLEU worth showing on ddtp-en-de within 10 minutes
+    "tiny": dict(d_model=128, n_layers=2, d_ff=512, max_src_len=64, max_tgt_len=64, lr=2e-3,
+                 warmup=100, max_steps=600, eval_every=200),
+    # the shipped full-precision models (BENCHMARKS.md calibration architecture)
+    "small": dict(d_model=128, n_layers=3, d_ff=512, max_src_len=96, max_tgt_len=96, lr=1.5e-3,
+                  warmup=300, max_steps=4000, eval_every=500),
+    # a test-sized run (seconds)
+    "test": dict(d_model=32, n_heads=2, n_layers=1, d_ff=64, max_src_len=24, max_tgt_len=24, lr=3e-3,
+                 warmup=5, max_steps=20, eval_every=10, eval_sentences=8, batch_tokens=400, log_every=5),
+}
+
+
+def config_from_preset(preset: str = "tiny", **overrides) -> TrainConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    known = {f.name for f in fields(TrainConfig)}
+    bad = set(overrides) - known
+    if bad:
+        raise ValueError(f"unknown training options: {sorted(bad)}")
+    return replace(TrainConfig(**PRESETS[preset]), **overrides)
+
+
+def compute_loss(model, batch, cfg: TrainConfig, teacher=None):
+    """Label-smoothed CE; with a teacher, the TBT distillation loss (minitbt.distill)."""
+    if teacher is not None:
+        from minitbt.distill import distillation_loss
+        return distillation_loss(model, teacher, batch, cfg)
+    logits = model(batch.src, batch.tgt_in)                               # (B, T, V)
+    V = logits.shape[-1]
+    return F.cross_entropy(logits.reshape(-1, V), batch.tgt_out.reshape(-1),
+                           ignore_index=PAD, label_smoothing=cfg.label_smoothing)
+
+
+def validate(model, data: Seq2SeqData, tokenizer, kind: str, cfg: TrainConfig, n_sentences: int) -> dict:
+    """Validation loss (CE without smoothing) on the whole split; metric on its first n sentences."""
+    model.eval()
+    total, count = 0.0, 0
+    with no_grad():
+        for idx in data.batches(cfg.batch_tokens, shuffle=False):
+            b = data.collate(idx)
+            logits = model(b.src, b.tgt_in)
+            n = b.n_tokens
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b.tgt_out.reshape(-1),
+                                     ignore_index=PAD).item() * n
+            count += n
+    hyps = []
+    for lo in range(0, min(n_sentences, len(data)), 32):
+        b = data.collate(np.arange(lo, min(lo + 32, n_sentences, len(data))))
+        hyps += [decode(tokenizer, ids) for ids in greedy(model, b.src, max_len=cfg.max_tgt_len)]
+    model.train()
+    scores = metrics.score(kind, hyps, data.targets[: len(hyps)])
+    return {"valid_loss": round(total / max(count, 1), 4), **{k: v for k, v in scores.items() if k != "bleu_signature"}}
+
+
+def _progress(total, initial):
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total, initial=initial, dynamic_ncols=True, mininterval=1.0)
+    except ImportError:  # tqdm is a dependency; keep training without it anyway
+        return None
+
+
+def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict:
+    """Train as configured; returns the last validation record."""
+    info = task_info(cfg.task)
+    tokenizer = load_tokenizer(cfg.task)
+    train_data = Seq2SeqData.from_task(cfg.task, "train", tokenizer, cfg.max_src_len, cfg.max_tgt_len)
+    valid_data = Seq2SeqData.from_task(cfg.task, "valid", tokenizer, cfg.max_src_len, cfg.max_tgt_len)
+    last_path, best_path = os.path.join(cfg.out, "last.npz"), os.path.join(cfg.out, "best.npz")
+    log_path = os.path.join(cfg.out, "metrics.jsonl")
+    if not quiet:
+        print(f"{info['name']} ({info['kind']}): {len(train_data)} train / {len(valid_data)} valid pairs; "
+              f"truncated to {cfg.max_src_len}/{cfg.max_tgt_len} tokens: {train_data.n_truncated} train examples")
+
+    teacher = load_model(cfg.teacher)[0].eval() if cfg.teacher else None
+    if resume:
+        if not os.path.exists(last_path):
+            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
+        model, meta, opt_state = load_model(last_path, with_optimizer=True)
+        saved = TrainConfig(**meta["train_config"])
+        if (saved.task, saved.quant, saved.seed) != (cfg.task, cfg.quant, cfg.seed):
+            raise ValueError(f"--resume: {last_path} was trained with task={saved.task!r} quant={saved.quant!r} "
+                             f"seed={saved.seed}, not the configuration given now")
+        state = meta["train_state"]
+    else:
+        if os.path.exists(last_path):
+            raise FileExistsError(f"{last_path} exists: pass --resume to continue it, or choose another --out")
+        model, opt_state, state = _initial_model(cfg, tokenizer), None, None
+    model.train()
+    opt = optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    if state is None:
+        state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "train_seconds": 0.0, "best": None}
+    else:
+        model.rng.bit_generator.state = state["rng"]
+    if teacher is not None and hasattr(model, "set_optimizer"):
+        model.set_optimizer(opt)                      # loss-aware ternarization reads Adam's v
+
+    def save(path):
+        state["rng"] = model.rng.bit_generator.state
+        checkpoint.save(path, model.state_dict(), {**model_meta(model), "train_config": asdict(cfg),
+                                                   "train_state": state}, opt.state_dict())
+
+    os.makedirs(cfg.out, exist_ok=True)
+    bar = None if quiet else _progress(cfg.max_steps, state["step"])
+    record, t_last, tokens, losses = {}, time.perf_counter(), 0, []
+    epoch_batches = train_data.batches(cfg.batch_tokens, seed=cfg.seed + state["epoch"])
+    while state["step"] < cfg.max_steps:
+        if cfg.max_minutes and state["train_seconds"] >= 60 * cfg.max_minutes:
+            break
+        if state["batch_in_epoch"] >= len(epoch_batches):
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+            epoch_batches = train_data.batches(cfg.batch_tokens, seed=cfg.seed + state["epoch"])
+        batch = train_data.collate(epoch_batches[state["batch_in_epoch"]])
+        opt.lr = optim.lr_schedule(state["step"], cfg.lr, cfg.warmup, cfg.max_steps, cfg.decay)
+        loss = compute_loss(model, batch, cfg, teacher)
+        opt.zero_grad()
+        loss.backward()
+        optim.clip_grad_norm(opt.params, cfg.clip)
+        opt.step()
+        state["step"] += 1
+        state["batch_in_epoch"] += 1
+        tokens += batch.n_tokens
+        losses.append(loss.item())
+        now = time.perf_counter()
+        state["train_seconds"] += now - t_last
+        t_last = now
+        if bar is not None and state["step"] % cfg.log_every == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every:]):.3f}", lr=f"{opt.lr:.2e}",
+                            tok_s=f"{tokens / max(state['train_seconds'], 1e-9):.0f}", refresh=False)
+            bar.update(cfg.log_every)
+        done = state["step"] >= cfg.max_steps or (cfg.max_minutes and state["train_seconds"] >= 60 * cfg.max_minutes)
+        if state["step"] % cfg.eval_every == 0 or done:
+            record = {"step": state["step"], "minutes": round(state["train_seconds"] / 60, 2),
+                      "train_loss": round(float(np.mean(losses)), 4), "lr": opt.lr,
+                      **validate(model, valid_data, tokenizer, info["kind"], cfg, cfg.eval_sentences)}
+            losses = []
+            key = "bleu" if info["kind"] == "translation" else "rougeL"
+            if state["best"] is None or record[key] > state["best"]:
+                state["best"] = record[key]
+                save(best_path)
+            save(last_path)
+            with open(log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            if bar is not None:
+                bar.write(json.dumps(record))
+            t_last = time.perf_counter()                  # validation time is not training time
+    if bar is not None:
+        bar.close()
+    if not record or record["step"] != state["step"]:     # stopped by the time limit between evals
+        save(last_path)
+    return record
+
+
+def _initial_model(cfg: TrainConfig, tokenizer):
+    """A fresh FP model, or the weights of ``cfg.init``; quantized if ``cfg.quant`` is set."""
+    if cfg.init:
+        model = load_model(cfg.init)[0]
+    else:
+        model = build_model(vocab_size=tokenizer.get_vocab_size(), d_model=cfg.d_model, n_heads=cfg.n_heads,
+                            d_ff=cfg.d_ff, n_encoder_layers=cfg.n_layers, n_decoder_layers=cfg.n_layers,
+                            dropout=cfg.dropout, max_len=max(cfg.max_src_len, cfg.max_tgt_len) + 1,
+                            seed=cfg.seed)
+    if cfg.quant:
+        model = quantize(model, cfg.quant, cfg.method)
+    return model
