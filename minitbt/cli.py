@@ -71,6 +71,7 @@ def _build_parser():
     p.add_argument("--out", required=True)
     p.add_argument("--half", action="store_true")
     p.add_argument("--packed", action="store_true")
+    p.add_argument("--task", default=None, help="embed this task's tokenizer if the checkpoint has none")
     return ap
 
 

@@ -20,3 +20,113 @@ def train(args):
     record = run(cfg, resume=args.resume)
     print(json.dumps(record))
     return 0
+
+
+# ---- using a trained model -------------------------------------------------------------------
+def _load(args):
+    """(model, tokenizer, meta) from --model, packed if asked; the tokenizer from the checkpoint
+    header, else from --tokenizer / --task."""
+    from tokenizers import Tokenizer
+    from minitbt.data import load_tokenizer
+    from minitbt.model_io import load_model
+    if getattr(args, "packed", False):
+        from minitbt.packed import load_packed_or_pack
+        model, meta = load_packed_or_pack(args.model)
+    else:
+        model, meta = load_model(args.model)
+    task_dir = getattr(args, "tokenizer", None) or getattr(args, "task", None)
+    if meta.get("tokenizer"):
+        tok = Tokenizer.from_str(meta["tokenizer"])
+    elif task_dir:
+        tok = load_tokenizer(task_dir)
+    else:
+        raise ValueError(f"{args.model} carries no tokenizer: pass --tokenizer TASK_DIR")
+    return model, tok, meta
+
+
+def _generate(model, tok, texts, args, max_src_len):
+    """Decode a list of texts in batches of 32; greedy when --beam 1."""
+    import numpy as np
+    from minitbt.data import EOS, PAD, decode, encode
+    from minitbt.decode import beam_search, greedy
+    out = []
+    ids = encode(tok, texts)
+    for lo in range(0, len(ids), 32):
+        chunk = [np.append(s[: max_src_len - 1], EOS) for s in ids[lo: lo + 32]]
+        src = np.full((len(chunk), max(len(s) for s in chunk)), PAD, dtype=np.int32)
+        for r, s in enumerate(chunk):
+            src[r, : len(s)] = s
+        if args.beam > 1:
+            hyps = beam_search(model, src, args.beam, args.max_len, args.min_len, args.length_penalty)
+        else:
+            hyps = greedy(model, src, args.max_len, args.min_len)
+        out += [decode(tok, h) for h in hyps]
+    return out
+
+
+def _max_src_len(model, meta):
+    return meta.get("train_config", {}).get("max_src_len") or model.config.max_len - 1
+
+
+def translate(args):
+    texts = [args.text] if args.text is not None else [l.rstrip("\n") for l in sys.stdin]
+    if not texts or any(not t.strip() for t in texts):
+        raise ValueError("empty input text: give a non-empty sentence (or non-empty lines on standard input)")
+    model, tok, meta = _load(args)
+    for line in _generate(model, tok, texts, args, _max_src_len(model, meta)):
+        print(line)
+    return 0
+
+
+summarize = translate
+
+
+def eval(args):
+    import time
+    from minitbt import metrics
+    from minitbt.datasets import read_split, task_info
+    info = task_info(args.task)
+    sources, targets = read_split(args.task, args.split)
+    if args.limit:
+        sources, targets = sources[: args.limit], targets[: args.limit]
+    model, tok, meta = _load(args)
+    t0 = time.perf_counter()
+    hyps = _generate(model, tok, sources, args, _max_src_len(model, meta))
+    seconds = time.perf_counter() - t0
+    scores = metrics.score(info["kind"], hyps, targets)
+    path = args.hyp_out or os.path.splitext(args.model)[0] + f".{info['name']}.{args.split}.hyp"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(h + "\n" for h in hyps))
+    print(json.dumps({"task": info["name"], "split": args.split, "n": len(hyps), "beam": args.beam,
+                      "packed": bool(args.packed), "decode_seconds": round(seconds, 1), **scores,
+                      "hypotheses": path}))
+    return 0
+
+
+def summary(args):
+    from minitbt.model_io import load_model
+    from minitbt.summary import summary as summarize_model
+    model, _ = load_model(args.model)
+    print(summarize_model(model))
+    return 0
+
+
+def export(args):
+    from minitbt import checkpoint
+    from minitbt.data import load_tokenizer
+    from minitbt.datasets import task_info
+    extra = {}
+    if args.task:
+        extra = {"tokenizer": load_tokenizer(args.task).to_str(), "task": task_info(args.task)}
+    if args.packed:
+        from minitbt.packed import pack_model
+        from minitbt.model_io import load_model
+        model, meta = load_model(args.model)
+        pack_model(model).save(args.out, tokenizer=meta.get("tokenizer") or extra.get("tokenizer"))
+    else:
+        state, meta, _ = checkpoint.load(args.model)
+        meta.pop("train_state", None)
+        meta = {**extra, **meta} if meta.get("tokenizer") else {**meta, **extra}
+        checkpoint.save(args.out, state, meta, half=args.half)
+    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB)")
+    return 0

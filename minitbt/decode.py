@@ -19,6 +19,7 @@ def greedy(model, src: np.ndarray, max_len: int = 64, min_len: int = 0) -> list:
     """Pick argmax p(y_t | y_<t, x) at every step. src (B, S) -> list of B id lists (no specials)."""
     src = np.asarray(src)
     B = src.shape[0]
+    max_len = min(max_len, model.config.max_len)          # the position table's length
     with no_grad():
         memory, src_pad = model.encode(src)
         cache = model.init_cache()
@@ -69,6 +70,7 @@ def beam_search(model, src: np.ndarray, beam_size: int = 4, max_len: int = 64, m
 
 
 def _beam_one(model, src, k, max_len, min_len, alpha):
+    max_len = min(max_len, model.config.max_len)
     with no_grad():
         memory, src_pad = model.encode(src)
         cache = model.init_cache()

@@ -45,3 +45,13 @@ def load_model(path: str, with_optimizer: bool = False):
         raise checkpoint.CheckpointError(f"{path} does not fit the model it describes:\n{exc}") from None
     model.eval()
     return (model, meta, optim_state) if with_optimizer else (model, meta)
+
+
+def load_latent_fp(path: str) -> Seq2SeqTransformer:
+    """The full-precision model behind any checkpoint: for a quantized one, its latent float
+    weights (quantizer scales dropped), e.g. to start the next stage of multi-step distillation."""
+    state, meta, _ = checkpoint.load(path)
+    model = Seq2SeqTransformer(TransformerConfig.from_dict(meta["model_config"]))
+    fp_names = set(model.state_dict())
+    model.load_state_dict({k: v for k, v in state.items() if k in fp_names})
+    return model

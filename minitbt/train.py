@@ -20,7 +20,7 @@ from minitbt import functional as F
 from minitbt.data import PAD, Seq2SeqData, decode, load_tokenizer
 from minitbt.datasets import task_info
 from minitbt.decode import greedy
-from minitbt.model_io import build_model, load_model, model_meta, quantize
+from minitbt.model_io import build_model, load_latent_fp, load_model, model_meta, quantize
 from minitbt.tensor import no_grad
 
 
@@ -164,7 +164,8 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict:
     def save(path):
         state["rng"] = model.rng.bit_generator.state
         checkpoint.save(path, model.state_dict(), {**model_meta(model), "train_config": asdict(cfg),
-                                                   "train_state": state}, opt.state_dict())
+                                                   "train_state": state, "task": info,
+                                                   "tokenizer": tokenizer.to_str()}, opt.state_dict())
 
     os.makedirs(cfg.out, exist_ok=True)
     bar = None if quiet else _progress(cfg.max_steps, state["step"])
@@ -221,7 +222,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict:
 def _initial_model(cfg: TrainConfig, tokenizer):
     """A fresh FP model, or the weights of ``cfg.init``; quantized if ``cfg.quant`` is set."""
     if cfg.init:
-        model = load_model(cfg.init)[0]
+        model = load_latent_fp(cfg.init)
     else:
         model = build_model(vocab_size=tokenizer.get_vocab_size(), d_model=cfg.d_model, n_heads=cfg.n_heads,
                             d_ff=cfg.d_ff, n_encoder_layers=cfg.n_layers, n_decoder_layers=cfg.n_layers,

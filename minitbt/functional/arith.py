@@ -210,7 +210,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor = None) -> Tensor:
                          f"(x {xd.shape}, W {wd.shape})")
     lead = xd.shape[:-1]
     x2 = xd.reshape(-1, wd.shape[1])                       # (N, in)
-    y = x2 @ wd.T                                          # (N, out)
+    # A contiguous W^T: OpenBLAS runs (N, in) @ (in, out) about 2x faster than with a transposed
+    # view when ``in`` is small (measured: 3000x128 @ 128x8000, 19 vs 40 GMAC/s); the copy is cheap.
+    y = x2 @ np.ascontiguousarray(wd.T)                    # (N, out)
     if bias is not None:
         y += bias.data
     parents = (x, weight) if bias is None else (x, weight, bias)

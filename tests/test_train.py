@@ -1,0 +1,185 @@
+"""Training loop, checkpoints, resume, decoding and the command line, on a tiny task made here."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from minitbt import checkpoint
+from minitbt.cli import main
+from minitbt.data import BOS, EOS, PAD, Seq2SeqData, load_tokenizer
+from minitbt.datasets import prepare_user_task
+from minitbt.decode import beam_search, greedy
+from minitbt.model_io import build_model, load_model
+from minitbt.train import config_from_preset, train
+
+WORDS = "the a red blue green small big cat dog bird tree house runs sleeps sings".split()
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """A small copy-like translation task: source words -> the same words reversed."""
+    root = tmp_path_factory.mktemp("task")
+    rng = np.random.default_rng(0)
+    src = [" ".join(rng.choice(WORDS, rng.integers(2, 7))) for _ in range(300)]
+    tgt = [" ".join(reversed(s.split())) for s in src]
+    raw = root / "raw"
+    raw.mkdir()
+    (raw / "train.source").write_text("\n".join(src) + "\n")
+    (raw / "train.target").write_text("\n".join(tgt) + "\n")
+    out = str(root / "rev")
+    prepare_user_task(str(raw), out, kind="translation", vocab_size=60)
+    return out
+
+
+def _cfg(task, out, **kw):
+    return config_from_preset("test", task=task, out=str(out), eval_sentences=4, **kw)
+
+
+def test_batches_respect_budget_and_cover_everything(task):
+    data = Seq2SeqData.from_task(task, "train", max_src_len=16, max_tgt_len=16)
+    groups = data.batches(max_tokens=120, seed=3)
+    seen = np.concatenate(groups)
+    assert sorted(seen.tolist()) == list(range(len(data)))
+    for g in groups:
+        b = data.collate(g)
+        assert b.src.shape[0] * max(b.src.shape[1], b.tgt_in.shape[1]) <= 120
+        assert (b.tgt_in[:, 0] == BOS).all()
+        # tgt_out is tgt_in shifted left, ending in <eos>
+        for row in range(len(g)):
+            n = int((b.tgt_out[row] != PAD).sum())
+            assert b.tgt_out[row, n - 1] == EOS
+            np.testing.assert_array_equal(b.tgt_in[row, 1:n], b.tgt_out[row, : n - 1])
+    assert data.batches(120, seed=3)[0].tolist() == groups[0].tolist()       # seeded
+    assert data.batches(120, seed=4)[0].tolist() != groups[0].tolist()
+
+
+def test_truncation_is_counted(task):
+    data = Seq2SeqData.from_task(task, "train", max_src_len=4, max_tgt_len=4)
+    assert data.n_truncated > 0
+    assert max(data.src_len) == 4 and max(data.tgt_len) == 4
+
+
+def test_resume_is_exact(task, tmp_path):
+    """N steps straight == k steps, a resume, then N - k steps (weights, optimizer, RNG)."""
+    straight = _cfg(task, tmp_path / "a", max_steps=12, eval_every=6)
+    train(straight, quiet=True)
+    first = _cfg(task, tmp_path / "b", max_steps=12, eval_every=6, max_minutes=1e-9)
+    train(first, quiet=True)                                   # stops after one step (time limit)
+    partial = checkpoint.load(str(tmp_path / "b" / "last.npz"))[1]["train_state"]["step"]
+    assert 0 < partial < 12
+    train(_cfg(task, tmp_path / "b", max_steps=12, eval_every=6), resume=True, quiet=True)
+    a, _ = load_model(str(tmp_path / "a" / "last.npz"))
+    b, _ = load_model(str(tmp_path / "b" / "last.npz"))
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        np.testing.assert_array_equal(pa.data, pb.data, err_msg=name)
+    log = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
+    assert [r["step"] for r in log] == [6, 12] and "bleu" in log[-1]
+
+
+def test_refuses_to_overwrite_a_run(task, tmp_path):
+    cfg = _cfg(task, tmp_path / "r", max_steps=2, eval_every=2)
+    train(cfg, quiet=True)
+    before = open(tmp_path / "r" / "last.npz", "rb").read()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, quiet=True)
+    assert open(tmp_path / "r" / "last.npz", "rb").read() == before
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        checkpoint.load(str(tmp_path / "missing.npz"))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file at all")
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated"):
+        checkpoint.load(str(bad))
+    good = tmp_path / "good.npz"
+    m = build_model(vocab_size=20, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1, max_len=16)
+    checkpoint.save(str(good), m.state_dict(), {"model_config": m.config.to_dict()})
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.load(str(truncated))
+    mismatched = tmp_path / "mismatch.npz"
+    state = m.state_dict()
+    state["embed.weight"] = state["embed.weight"][:10]
+    checkpoint.save(str(mismatched), state, {"model_config": m.config.to_dict()})
+    with pytest.raises(checkpoint.CheckpointError, match="embed.weight"):
+        load_model(str(mismatched))
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]   # no half-written files
+
+
+def test_atomic_save_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "ck.npz"
+    checkpoint.save(str(path), {"w": np.ones(3, np.float32)}, {"model_config": {}})
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(str(path), {"w": np.zeros(3, np.float32)}, {"model_config": {}})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["ck.npz"]
+
+
+def test_half_checkpoint_round_trip(tmp_path):
+    m = build_model(vocab_size=20, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1, max_len=16)
+    checkpoint.save(str(tmp_path / "h.npz"), m.state_dict(), {"model_config": m.config.to_dict()}, half=True)
+    m2, _ = load_model(str(tmp_path / "h.npz"))
+    w = m.embed.weight.data
+    np.testing.assert_allclose(m2.embed.weight.data, w.astype(np.float16).astype(np.float32))
+    assert m2.embed.weight.data.dtype == np.float32
+
+
+def test_greedy_and_beam_agree_with_full_forward(task, tmp_path):
+    train(_cfg(task, tmp_path / "g", max_steps=10, eval_every=10), quiet=True)
+    model, _ = load_model(str(tmp_path / "g" / "last.npz"))
+    data = Seq2SeqData.from_task(task, "test", max_src_len=16, max_tgt_len=16)
+    src = data.collate(np.arange(4)).src
+    hyps = greedy(model, src, max_len=10)
+    for row, h in enumerate(hyps):                 # re-score each greedy output with the full forward
+        ids = np.array([[BOS] + h], dtype=np.int32)
+        logits = model(src[row: row + 1], ids).data[0]
+        assert logits[: len(h)].argmax(-1).tolist() == h[: len(h)]
+    beams = beam_search(model, src, beam_size=1, max_len=10)
+    assert beams == hyps                           # beam 1 is greedy
+    b4 = beam_search(model, src, beam_size=4, max_len=10, min_len=3)
+    assert all(len(h) >= 3 for h in b4)
+
+
+def test_cli_train_eval_translate(task, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["train", "--preset", "test", "--task", task, "--out", str(out), "--max-steps", "4",
+                 "--eval-every", "4", "--eval-sentences", "2"]) == 0
+    ck = str(out / "best.npz")
+    assert main(["eval", "--model", ck, "--task", task, "--split", "valid", "--limit", "5"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    rec = json.loads(line)
+    assert rec["n"] == 5 and "bleu" in rec and os.path.exists(rec["hypotheses"])
+    assert main(["translate", "--model", ck, "red cat"]) == 0
+    assert main(["translate", "--model", ck, "--beam", "3", "red cat"]) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["translate", "--model", "nope.npz", "hello"], "not found"),
+    (["eval", "--model", "nope.npz", "--task", "data/no-such-task"], "task folder not found"),
+    (["train", "--task", "data/no-such-task", "--out", "x"], "task folder not found"),
+])
+def test_cli_bad_input(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_empty_text_and_corrupt_model(tmp_path, capsys, task):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"\x00" * 100)
+    assert main(["translate", "--model", str(bad), "hello"]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert main(["translate", "--model", str(bad), "   "]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_tokenizer_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        load_tokenizer(str(tmp_path))
