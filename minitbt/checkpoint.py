@@ -43,6 +43,9 @@ def save(path: str, model_state: dict, meta: dict, optim_state: dict = None, hal
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)                         # mkstemp makes 0600; a saved file is ordinary
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)

@@ -5,9 +5,11 @@ def bleu(hypotheses, references) -> dict:
     """Corpus BLEU and chrF (sacrebleu defaults: 13a tokenisation, exp smoothing)."""
     import sacrebleu
     _check(hypotheses, references)
-    b = sacrebleu.corpus_bleu(hypotheses, [references])
-    c = sacrebleu.corpus_chrf(hypotheses, [references])
-    return {"bleu": round(b.score, 2), "chrf": round(c.score, 2), "bleu_signature": str(b.format(signature=True))}
+    bleu_metric, chrf_metric = sacrebleu.BLEU(), sacrebleu.CHRF()
+    b = bleu_metric.corpus_score(hypotheses, [references])
+    c = chrf_metric.corpus_score(hypotheses, [references])
+    return {"bleu": round(b.score, 2), "chrf": round(c.score, 2),
+            "bleu_signature": str(bleu_metric.get_signature())}
 
 
 def rouge(hypotheses, references) -> dict:
