@@ -158,8 +158,9 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict:
         state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "train_seconds": 0.0, "best": None}
     else:
         model.rng.bit_generator.state = state["rng"]
-    if teacher is not None and hasattr(model, "set_optimizer"):
-        model.set_optimizer(opt)                      # loss-aware ternarization reads Adam's v
+    if cfg.quant:
+        from minitbt.quant import attach_lat_curvature
+        attach_lat_curvature(model, opt)              # loss-aware ternarization reads Adam's v (if used)
 
     def save(path):
         state["rng"] = model.rng.bit_generator.state

@@ -1,0 +1,370 @@
+"""Activation quantizers: fake quantization of the inputs of matmuls, with learned or dynamic scales.
+
+    class                 values                                   scale                          source
+    ElasticQuantizer      signed {-a,0,a} / sign, k-bit; unsigned  learned a (LSQ gradient)       TBT (Liu et al. 2023)
+                          {0,a,2a} / {0,a}, k-bit
+    BiTElasticBinary      {0,a} or {-a,a}, learned offset b        learned a and b                BiT (Liu et al. 2022)
+    MinMaxQuantizer       symmetric k-bit / unsigned k-bit         dynamic absmax (not learned)   TernaryBERT "min-max"
+    SymmetricA8           8-bit symmetric after clipping to +-2.5  dynamic 127/max|X|             TBT's A8, TernaryBERT
+    PerTokenAbsMax        int8, per token                          dynamic 127/max|x|             BitNet b1.58
+    PerChannelQuantizer   k-bit, one learned scale per channel      learned (LSQ)                  FQT (Prato et al. 2020)
+
+Causality and step-by-step decoding. A decoder that runs one token at a time with a KV cache
+must give each token the same quantized value as the full (B, T, d) forward. So every statistic
+that depends on the data runs **per token**, over the last axis only: the centring mean of signed
+activations (X' = X - mean over the last axis), the dynamic absmax, the minimum of the
+"shift by the minimum" option. For the head states Q/K/V (B, H, T, d_h) that is per token and
+head; for the attention probabilities (B, H, Tq, Tk) it is per query row, where masked keys are
+exact zeros and so never change a maximum. Learned scales are data-independent once trained
+(first-batch initialisation happens once). The per-tensor forms (``per_token=False``) mix
+positions and batch elements: kept as options, they break incremental-decoding equality.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minitbt.nn.module import Parameter
+from minitbt.quant.base import (QCodes, Quantizer, int_codes, round_ties, sign_ties, signed_levels,
+                                unsigned_levels)
+from minitbt.tensor import Tensor
+
+
+def _xdata(x):
+    return x.data if isinstance(x, Tensor) else np.asarray(x)
+
+
+def _lsq_scale_grad(g, q, u, inside):
+    """d(a*q)/da in the LSQ form (Esser et al. 2020):  round(u) - u inside the clip range,
+    the clip level (which equals q there) outside;  returns g * that."""
+    return g * np.where(inside, q - u, q)
+
+
+class _LearnedScale(Quantizer):
+    """A quantizer with a learned scale ``a`` (a Parameter) initialised on the first batch.
+
+    The buffer ``initialized`` (saved in the state dict) records whether the first-batch
+    initialisation has happened; ``init_scale`` (a float) skips it.
+    """
+
+    def _setup_scale(self, shape, init_scale, learn_scale=True):
+        value = 1.0 if init_scale is None else init_scale
+        self.scale = Parameter(np.full(shape, value, dtype=np.float32), requires_grad=learn_scale)
+        self.register_buffer("initialized", np.array([init_scale is not None]))
+
+    def _maybe_init(self, x: np.ndarray) -> None:
+        if not bool(self.initialized[0]):
+            a = np.asarray(self._init_value(x), dtype=np.float64)
+            a = np.where(np.isfinite(a) & (a > 1e-8), a, 1.0)
+            self.scale.data[...] = a
+            self.initialized[...] = True
+
+    def _a(self, x):
+        return self.scale.data.astype(x.dtype, copy=False)
+
+
+class ElasticQuantizer(_LearnedScale):
+    """TBT elastic activation quantizer: one learned scale a per quantized tensor.
+
+    signed (centred per token first, X' = X - mean_last_axis(X)):
+        1 bit:   X_q = a * sign(X')                               codes {-1, +1}
+        k bits:  X_q = a * round(clip(X'/a, -Qp, Qp)),  Qp = 2^(k-1) - 1  (2 bits: ternary {-a,0,a})
+    unsigned (post-ReLU, softmax probabilities):
+        X_q = a * round(clip(X/a, 0, Qp)),  Qp = 1 (1 bit {0,a}), 2 (2 bits {0,a,2a}), 2^k - 1 (k >= 3)
+
+    Backward (u = X'/a, "inside" = strictly within the clip range; 1-bit signed: |u| < 1):
+        dX_q/dX = 1{inside}                     (straight-through; the centring mean is a statistic)
+        dX_q/da = round(u) - u inside, the clip level (-Qp, Qp, 0) outside   (LSQ form);
+                  signed binary: sign(X')
+    Source: Liu et al., "Binary and Ternary Natural Language Generation", ACL 2023 (TBT); the
+    scale gradient is LSQ's (Esser et al., ICLR 2020).
+
+    Initialisation: on the first call (any mode), a = 2 mean|X'| / sqrt(Qp) (signed) or
+    4 mean|X| / sqrt(Qp) (unsigned), the released code's rule (the paper gives none); with Qp = 1
+    the signed rule is 2 mean|X'|. ``init_scale=`` fixes a instead.
+    Released-code options: ``centre=False``; ``lsq_grad_scale=True`` multiplies dL/da by
+    1/sqrt(N Qp), N = number of elements of X; ``shift_min=True`` (unsigned only) quantizes
+    X - m with m = min over the last axis (per token) and adds m back: X_q = a*round(clip((X-m)/a, 0, Qp)) + m.
+    On attention probabilities the masked keys (exact zeros) would enter that minimum and break
+    step-by-step decoding equality, so quantize_model uses it on the FFN input only.
+    ``learn_scale=False`` freezes a.
+    """
+
+    def __init__(self, bits: int = 2, signed: bool = True, centre: bool = True, lsq_grad_scale: bool = False,
+                 shift_min: bool = False, init_scale: float = None, learn_scale: bool = True):
+        super().__init__()
+        if shift_min and signed:
+            raise ValueError("shift_min applies to unsigned quantizers only")
+        self.precision, self.signed = int(bits), bool(signed)
+        self.centre = bool(centre) and self.signed
+        self.lsq_grad_scale, self.shift_min = bool(lsq_grad_scale), bool(shift_min)
+        self.qp = signed_levels(bits) if signed else unsigned_levels(bits)
+        self.lo = -self.qp if signed else 0
+        self._setup_scale((1,), init_scale, learn_scale)
+
+    # the input the levels apply to, and what is added back after scaling
+    def _shifted(self, x):
+        if self.centre:
+            return x - x.mean(axis=-1, keepdims=True), np.zeros((), x.dtype)
+        if self.shift_min:
+            m = x.min(axis=-1, keepdims=True)
+            return x - m, m
+        return x, np.zeros((), x.dtype)
+
+    def _init_value(self, x):
+        xs, _ = self._shifted(x)
+        k = 2.0 if self.signed else 4.0
+        return k * np.abs(xs).mean() / np.sqrt(self.qp)
+
+    def _quantize(self, x):
+        xs, offset = self._shifted(x)
+        a = self._a(x)
+        u = xs / a
+        if self.signed and self.precision == 1:
+            q = sign_ties(u)
+            inside = np.abs(u) < 1
+        else:
+            q = np.clip(round_ties(u, self.qp), self.lo, self.qp)
+            inside = (u > self.lo) & (u < self.qp)
+        return q, a, offset, u, inside
+
+    def forward(self, x: Tensor) -> Tensor:
+        xd = x.data
+        self._maybe_init(xd)
+        q, a, offset, u, inside = self._quantize(xd)
+        y = q * a + offset
+        binary_signed = self.signed and self.precision == 1
+        gscale = 1.0 / np.sqrt(xd.size * self.qp) if self.lsq_grad_scale else 1.0
+
+        def backward(g):
+            gx = g * inside
+            ga = (g * q).sum() if binary_signed else _lsq_scale_grad(g, q, u, inside).sum()
+            return gx, np.full(self.scale.data.shape, ga * gscale, dtype=self.scale.data.dtype)
+        return Tensor.make(y.astype(xd.dtype, copy=False), (x, self.scale), backward, "elastic_quant")
+
+    def codes(self, x) -> QCodes:
+        xd = _xdata(x)
+        self._maybe_init(xd)
+        q, a, offset, _, _ = self._quantize(xd)
+        return QCodes(int_codes(q, self.lo, self.qp), a, offset)
+
+    def extra_repr(self):
+        s = f"{self.precision}-bit, {'signed' if self.signed else 'unsigned'}"
+        if self.signed:
+            s += f", centre={self.centre}"
+        if self.lsq_grad_scale:
+            s += ", lsq_grad_scale"
+        if self.shift_min:
+            s += ", shift_min"
+        if not self.scale.requires_grad:
+            s += ", fixed scale"
+        return s
+
+
+class BiTElasticBinary(_LearnedScale):
+    """BiT elastic binary activation with learned scale a and learned offset b (two-set binarization).
+
+        non-negative (signed=False):  X_B = a * round(clip((X - b)/a, 0, 1))   in {0, a}
+        signed:                       X_B = a * sign(X - b)                    in {-a, a}
+
+    Backward (u = (X - b)/a; inside = 0 <= u < 1 for {0,a}, |u| < 1 for {-a,a}):
+        dX_B/dX = 1{inside},  dX_B/db = -1{inside},
+        dX_B/da = round(u) - u inside, the clip level (0 or 1) outside (LSQ form); signed: sign(X - b)
+    Initialisation on the first call: a = mean|X|, b = 0.
+    Source: Liu et al., "BiT: Robustly Binarized Multi-distilled Transformer", NeurIPS 2022.
+    """
+
+    precision = 1
+
+    def __init__(self, signed: bool = True, init_scale: float = None):
+        super().__init__()
+        self.signed = bool(signed)
+        self._setup_scale((1,), init_scale)
+        self.offset = Parameter(np.zeros(1, dtype=np.float32))
+
+    def _init_value(self, x):
+        return np.abs(x).mean()
+
+    def _quantize(self, x):
+        a, b = self._a(x), self.offset.data.astype(x.dtype, copy=False)
+        u = (x - b) / a
+        if self.signed:
+            q = sign_ties(u)
+            inside = np.abs(u) < 1
+        else:
+            q = np.clip(round_ties(u), 0, 1)
+            inside = (u >= 0) & (u < 1)
+        return q, a, u, inside
+
+    def forward(self, x: Tensor) -> Tensor:
+        xd = x.data
+        self._maybe_init(xd)
+        q, a, u, inside = self._quantize(xd)
+        y = q * a + np.zeros((), xd.dtype)
+
+        def backward(g):
+            gx = g * inside
+            ga = (g * q).sum() if self.signed else _lsq_scale_grad(g, q, u, inside).sum()
+            gb = -gx.sum()
+            shape, dt = self.scale.data.shape, self.scale.data.dtype
+            return gx, np.full(shape, ga, dtype=dt), np.full(shape, gb, dtype=dt)
+        return Tensor.make(y.astype(xd.dtype, copy=False), (x, self.scale, self.offset), backward, "bit_binary")
+
+    def codes(self, x) -> QCodes:
+        xd = _xdata(x)
+        self._maybe_init(xd)
+        q, a, _, _ = self._quantize(xd)
+        return QCodes(int_codes(q, -1, 1), a, np.zeros((), xd.dtype))
+
+    def extra_repr(self):
+        return "{-a, a}, learned offset" if self.signed else "{0, a}, learned offset"
+
+
+class MinMaxQuantizer(Quantizer):
+    """Dynamic ("min-max") quantization: the scale is a statistic of the data, not learned.
+
+    Statistics run per token (over the last axis) by default, ``per_token=False`` over the whole tensor.
+    signed, k >= 2 bits:  Qp = 2^(k-1) - 1,  X_c = clip(X, -c, c) (if ``clip``),
+                          a = max|X_c| / Qp,  X_q = a * round(X_c / a)          (codes in [-Qp, Qp])
+    signed, 1 bit:        a = mean|X|,  X_q = a * sign(X)                       (XNOR-Net's activation scale)
+    unsigned, k bits:     Qp = 1, 2, 2^k - 1 (see ElasticQuantizer),  a = max(X) / Qp,
+                          X_q = a * round(clip(X / a, 0, Qp))
+    Backward: dX_q/dX = 1{|X| <= c} with a clip, 1{X >= 0} unsigned, else 1 (identity STE);
+    the statistics are constants.
+    Used as the non-learned activation quantizer of the TWN/BWN baselines (TernaryBERT's min-max).
+    Source: Zhang et al., TernaryBERT, EMNLP 2020; Rastegari et al., XNOR-Net, 2016 (1 bit).
+    """
+
+    def __init__(self, bits: int = 8, signed: bool = True, clip: float = None, per_token: bool = True):
+        super().__init__()
+        self.precision, self.signed, self.clip, self.per_token = int(bits), bool(signed), clip, bool(per_token)
+        self.qp = signed_levels(bits) if signed else unsigned_levels(bits)
+        self.lo = -self.qp if signed else 0
+
+    def _axes(self, x):
+        return (x.ndim - 1,) if self.per_token else tuple(range(x.ndim))
+
+    def _quantize(self, x):
+        xc = np.clip(x, -self.clip, self.clip) if self.clip is not None else x
+        axes = self._axes(x)
+        if self.signed and self.precision == 1:
+            a = np.abs(xc).mean(axis=axes, keepdims=True)
+            a = np.where(a > 0, a, 1).astype(x.dtype)
+            return sign_ties(xc / a), a
+        m = np.abs(xc).max(axis=axes, keepdims=True) if self.signed else xc.max(axis=axes, keepdims=True)
+        a = np.where(m > 0, m / self.qp, 1).astype(x.dtype)
+        q = np.clip(round_ties(xc / a, self.qp), self.lo, self.qp)
+        return q, a
+
+    def _inside(self, x):
+        if self.clip is not None:
+            inside = np.abs(x) <= self.clip
+            return inside & (x >= 0) if not self.signed else inside
+        return (x >= 0) if not self.signed else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        xd = x.data
+        q, a = self._quantize(xd)
+        y = q * a + np.zeros((), xd.dtype)
+        inside = self._inside(xd)
+
+        def backward(g):
+            return (g if inside is None else g * inside,)
+        return Tensor.make(y.astype(xd.dtype, copy=False), (x,), backward, "minmax_quant")
+
+    def codes(self, x) -> QCodes:
+        xd = _xdata(x)
+        q, a = self._quantize(xd)
+        lo = -1 if (self.signed and self.precision == 1) else self.lo
+        return QCodes(int_codes(q, lo, self.qp), a, np.zeros((), xd.dtype))
+
+    def extra_repr(self):
+        s = f"{self.precision}-bit, {'signed' if self.signed else 'unsigned'}"
+        s += ", per token" if self.per_token else ", per tensor"
+        return s + (f", clip={self.clip}" if self.clip is not None else "")
+
+
+class SymmetricA8(MinMaxQuantizer):
+    """TBT's "A8": 8-bit dynamic symmetric quantization after clipping to +-2.5.
+
+        X_c = clip(X, -2.5, 2.5),  s = 127 / max|X_c|,  X_q = round(X_c s) / s   (step a = 1/s)
+        backward: dX_q/dX = 1{|X| <= 2.5}
+
+    TBT computes s per tensor; here s is **per token** by default (max over the last axis), a
+    deviation needed so that step-by-step (KV-cache) decoding equals the full forward;
+    ``per_token=False`` gives the paper's per-tensor form.
+    Source: Liu et al., ACL 2023 (TBT); Zhang et al., TernaryBERT, 2020.
+    """
+
+    def __init__(self, clip: float = 2.5, per_token: bool = True, bits: int = 8):
+        super().__init__(bits=bits, signed=True, clip=clip, per_token=per_token)
+
+
+class PerTokenAbsMax(MinMaxQuantizer):
+    """BitNet per-token absmax int8 activations:
+
+        s_x = 127 / max|x| per token,  x_q = clip(round(x s_x), -128, 127),  X_q = x_q / s_x
+        backward: identity STE
+
+    Source: Ma et al., BitNet b1.58, 2024; Wang et al., bitnet.cpp, 2025.
+    """
+
+    def __init__(self, bits: int = 8):
+        super().__init__(bits=bits, signed=True, clip=None, per_token=True)
+
+
+class PerChannelQuantizer(_LearnedScale):
+    """FQT per-channel uniform quantizer with learned scales s_c (one per last-axis channel):
+
+        signed:    X_q = s_c * round(clip(X/s_c, -Qp, Qp)),  Qp = 2^(k-1) - 1
+        unsigned:  X_q = s_c * round(clip(X/s_c, 0, 2^k - 1))    (ReLU outputs, softmax probabilities)
+        backward:  dX_q/dX = 1{inside};  dX_q/ds_c = round(u) - u inside, the clip level outside (LSQ),
+                   summed over every axis but the channel axis.
+    ``channels=None`` gives one learned scale for the whole tensor (for inputs whose last axis
+    varies in length, such as attention probabilities). Initialisation on the first call:
+    s_c = max|X_c| / Qp (min-max over the first batch).
+    Source: Prato et al., "Fully Quantized Transformer for Machine Translation", Findings of EMNLP 2020;
+    learned-scale gradient from LSQ (Esser et al. 2020).
+    """
+
+    def __init__(self, channels: int = None, bits: int = 8, signed: bool = True, init_scale: float = None):
+        super().__init__()
+        self.channels, self.precision, self.signed = channels, int(bits), bool(signed)
+        self.qp = signed_levels(bits) if signed else 2 ** bits - 1
+        self.lo = -self.qp if signed else 0
+        self._setup_scale((channels if channels else 1,), init_scale)
+
+    def _init_value(self, x):
+        axes = tuple(range(x.ndim - 1)) if self.channels else None
+        m = np.abs(x).max(axis=axes)
+        return m / self.qp
+
+    def _quantize(self, x):
+        if self.channels and x.shape[-1] != self.channels:
+            raise ValueError(f"PerChannelQuantizer: expected {self.channels} channels, got {x.shape[-1]}")
+        a = self._a(x)
+        u = x / a
+        q = np.clip(round_ties(u, self.qp), self.lo, self.qp)
+        inside = (u > self.lo) & (u < self.qp)
+        return q, a, u, inside
+
+    def forward(self, x: Tensor) -> Tensor:
+        xd = x.data
+        self._maybe_init(xd)
+        q, a, u, inside = self._quantize(xd)
+        y = q * a + np.zeros((), xd.dtype)
+
+        def backward(g):
+            gs = _lsq_scale_grad(g, q, u, inside)
+            gs = gs.reshape(-1, gs.shape[-1]).sum(axis=0) if self.channels else np.full(1, gs.sum())
+            return g * inside, gs.astype(self.scale.data.dtype)
+        return Tensor.make(y.astype(xd.dtype, copy=False), (x, self.scale), backward, "per_channel_quant")
+
+    def codes(self, x) -> QCodes:
+        xd = _xdata(x)
+        self._maybe_init(xd)
+        q, a, _, _ = self._quantize(xd)
+        return QCodes(int_codes(q, self.lo, self.qp), a, np.zeros((), xd.dtype))
+
+    def extra_repr(self):
+        ch = f"{self.channels} channels" if self.channels else "one scale"
+        return f"{self.precision}-bit, {'signed' if self.signed else 'unsigned'}, {ch}"
