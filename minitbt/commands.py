@@ -119,10 +119,10 @@ def export(args):
     if args.task:
         extra = {"tokenizer": load_tokenizer(args.task).to_str(), "task": task_info(args.task)}
     if args.packed:
-        from minitbt.packed import pack_model
         from minitbt.model_io import load_model
+        from minitbt.packed import pack_model, save_packed
         model, meta = load_model(args.model)
-        pack_model(model).save(args.out, tokenizer=meta.get("tokenizer") or extra.get("tokenizer"))
+        save_packed(args.out, pack_model(model), tokenizer=meta.get("tokenizer") or extra.get("tokenizer"))
     else:
         state, meta, _ = checkpoint.load(args.model)
         meta.pop("train_state", None)

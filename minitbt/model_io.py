@@ -3,6 +3,8 @@
 A checkpoint's header says what to rebuild: the TransformerConfig and, for a quantization-aware
 model, its recipe and method; then the saved arrays are loaded with full shape checks.
 """
+from dataclasses import asdict
+
 from minitbt import checkpoint
 from minitbt.nn import Seq2SeqTransformer, TransformerConfig
 
@@ -11,16 +13,19 @@ def build_model(**config) -> Seq2SeqTransformer:
     return Seq2SeqTransformer(TransformerConfig(**config))
 
 
-def quantize(model, recipe: str, method: str = "tbt"):
-    """A quantized copy of ``model`` (see minitbt.quant.quantize_model), tagged for saving."""
-    from minitbt.quant import quantize_model
-    qmodel = quantize_model(model, recipe, method=method)
-    qmodel.quant_info = {"recipe": recipe, "method": method}
-    return qmodel
+def quantize(model, recipe, method: str = None):
+    """A quantized copy of ``model`` (see minitbt.quant.quantize_model). ``recipe`` is a spec such
+    as "2-2-8" or "twn-2-2-2", or the dict a checkpoint header holds (every QuantRecipe field)."""
+    from minitbt.quant import QuantRecipe, quantize_model
+    if isinstance(recipe, dict):
+        recipe = QuantRecipe(**recipe)
+    return quantize_model(model, recipe, method=method or None)
 
 
 def model_meta(model) -> dict:
-    return {"model_config": model.config.to_dict(), "quant": getattr(model, "quant_info", None)}
+    """What a checkpoint header needs to rebuild ``model``: its config and quantization recipe."""
+    recipe = getattr(model, "quant_recipe", None)
+    return {"model_config": model.config.to_dict(), "quant": asdict(recipe) if recipe is not None else None}
 
 
 def save_model(path: str, model, half: bool = False, **extra_meta) -> None:
@@ -38,7 +43,7 @@ def load_model(path: str, with_optimizer: bool = False):
     except (TypeError, ValueError) as exc:
         raise checkpoint.CheckpointError(f"{path}: bad model_config in checkpoint: {exc}") from None
     if meta.get("quant"):
-        model = quantize(model, meta["quant"]["recipe"], meta["quant"].get("method", "tbt"))
+        model = quantize(model, meta["quant"])
     try:
         model.load_state_dict(state)
     except ValueError as exc:

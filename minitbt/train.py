@@ -54,7 +54,7 @@ class TrainConfig:
     init: str = ""               # start from this checkpoint's weights (a quantized student from its FP model)
     # quantization-aware training (see minitbt.quant and minitbt.distill)
     quant: str = ""              # "E-W-A" recipe, e.g. "2-2-8"; empty = full precision
-    method: str = "tbt"          # quantization method (tbt, twn, bwn, bit, ...)
+    method: str = ""             # quantization method (tbt, twn, bwn, bit, ...); "" = from --quant, else tbt
     teacher: str = ""            # FP checkpoint to distil from
     kd_logits: float = 1.0
     kd_hidden: float = 1.0

@@ -1,0 +1,97 @@
+"""The packed model reproduces its fake-quantized training-time model."""
+import numpy as np
+import pytest
+
+from minitbt.checkpoint import CheckpointError
+from minitbt.decode import greedy
+from minitbt.model_io import build_model, quantize
+from minitbt.packed import PackedLinear, kernel_report, load_packed, pack_model, save_packed
+from minitbt.tensor import no_grad
+
+PRESETS = ["2-2-8", "2-2-2", "1-1-8", "1-1-1"]
+EXPECTED_KERNELS = {
+    "2-2-8": {"ternary x int8"},
+    "2-2-2": {"ternary x ternary planes", "bit planes (2-bit unsigned)"},
+    "1-1-8": {"ternary x int8"},
+    "1-1-1": {"xnor-popcount", "bit planes (1-bit unsigned)"},
+}
+
+
+def _models(spec, seed=0, dtype=np.float32):
+    fp = build_model(vocab_size=300, d_model=64, n_heads=4, d_ff=128, n_encoder_layers=2, n_decoder_layers=2,
+                     max_len=40, dropout=0.0, seed=seed)
+    q = quantize(fp, spec).eval()
+    q.to_dtype(dtype)
+    return q, pack_model(q)
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    src = rng.integers(3, 300, (6, 13))
+    src[0, 9:] = 0                                          # a padded source
+    return src, rng.integers(3, 300, (6, 9))
+
+
+@pytest.mark.parametrize("spec", PRESETS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_packed_logits_equal_fake_quant_float64(spec, seed):
+    """In float64 the only difference is summation order: logits agree to 1e-4 relative (in fact ~1e-15)."""
+    q, p = _models(spec, seed, np.float64)
+    src, tgt = _batch(seed)
+    with no_grad():
+        ref, out = q(src, tgt).data, p(src, tgt).data
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+    assert greedy(q, src, 15) == greedy(p, src, 15)
+    assert set(kernel_report(p).values()) == EXPECTED_KERNELS[spec]
+
+
+@pytest.mark.parametrize("spec", PRESETS)
+def test_packed_float32_matches(spec):
+    """In float32 the fake-quant matmul rounds and the integer kernels do not. Now and then a value
+    lands within float32 noise of a rounding boundary and one activation code differs (most often
+    with 8-bit activations, whose boundaries are dense); that moves later logits by about one
+    quantization step. So: logits close (a few percent at worst), greedy tokens identical."""
+    q, p = _models(spec)
+    src, tgt = _batch()
+    with no_grad():
+        ref, out = q(src, tgt).data, p(src, tgt).data
+    assert np.abs(out - ref).max() <= 5e-2 * np.abs(ref).max()
+    assert greedy(q, src, 15) == greedy(p, src, 15)
+
+
+def test_packed_linear_layers_are_exact():
+    q, p = _models("2-2-2", dtype=np.float64)
+    x = np.random.default_rng(3).standard_normal((5, 7, 64))
+    from minitbt.tensor import Tensor
+    for (name, ql), (_, pl) in zip(q.named_modules(), p.named_modules()):
+        if isinstance(pl, PackedLinear):
+            with no_grad():
+                np.testing.assert_allclose(pl(Tensor(x if pl.in_features == 64 else
+                                                     np.abs(x[..., :1]).repeat(pl.in_features, -1))).data,
+                                           ql(Tensor(x if ql.in_features == 64 else
+                                                     np.abs(x[..., :1]).repeat(ql.in_features, -1))).data,
+                                           rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+def test_packed_has_no_latent_weights_and_round_trips(tmp_path):
+    q, p = _models("2-2-8")
+    names = set(p.state_dict())
+    assert not any(n.endswith("q_proj.weight") or n.endswith("fc1.weight") for n in names)
+    assert any(n.endswith("q_proj.planes") for n in names)
+    save_packed(str(tmp_path / "m.npz"), p, tokenizer='{"fake": 1}')
+    p2, meta = load_packed(str(tmp_path / "m.npz"))
+    src, tgt = _batch()
+    with no_grad():
+        np.testing.assert_array_equal(p(src, tgt).data, p2(src, tgt).data)
+    assert meta["tokenizer"] == '{"fake": 1}'
+
+
+def test_pack_errors(tmp_path):
+    fp = build_model(vocab_size=50, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1, max_len=16)
+    with pytest.raises(ValueError, match="quantized model"):
+        pack_model(fp)
+    from minitbt import checkpoint
+    checkpoint.save(str(tmp_path / "fp.npz"), fp.state_dict(), {"model_config": fp.config.to_dict()})
+    with pytest.raises(CheckpointError, match="not a packed model"):
+        load_packed(str(tmp_path / "fp.npz"))
