@@ -8,7 +8,7 @@
 from minitbt.tensor import Tensor, is_grad_enabled, no_grad, tensor
 from minitbt import functional
 from minitbt import functional as F
-from minitbt import nn, optim, quant
+from minitbt import nn, optim, quant, summary
 
 __version__ = "0.1.0"
 __all__ = ["Tensor", "tensor", "no_grad", "is_grad_enabled", "functional", "F", "nn", "optim"]
