@@ -3,10 +3,13 @@
 The extension is optional. When no C compiler is available the build prints a
 warning and minitbt runs on its pure-NumPy reference kernels instead.
 Set MINITBT_PORTABLE=1 to build without -march=native (a binary for other CPUs).
+OpenMP (the kernels' `threads` argument) is used when the compiler accepts -fopenmp;
+set MINITBT_NO_OPENMP=1 to build without it (threads then always run as 1).
 """
 import os
 import sys
 import sysconfig
+import tempfile
 
 import numpy as np
 from setuptools import Extension, setup
@@ -23,6 +26,23 @@ def _native_flags():
     return flags
 
 
+def _openmp_flags(compiler):
+    """["-fopenmp"] if this compiler can build and link an OpenMP program, else []."""
+    if sys.platform == "win32" or os.environ.get("MINITBT_NO_OPENMP", "0") == "1":
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp_probe.c")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n")
+        try:
+            objs = compiler.compile([src], output_dir=tmp, extra_postargs=["-fopenmp"])
+            compiler.link_executable(objs, os.path.join(tmp, "omp_probe"), extra_postargs=["-fopenmp"])
+        except Exception:  # e.g. Apple clang without libomp
+            print("NOTE: the compiler has no OpenMP; minitbt kernels will run on one thread.")
+            return []
+    return ["-fopenmp"]
+
+
 class OptionalBuildExt(build_ext):
     """Build the extension if possible; fall back to NumPy kernels if not."""
 
@@ -34,6 +54,9 @@ class OptionalBuildExt(build_ext):
 
     def build_extension(self, ext):
         try:
+            omp = _openmp_flags(self.compiler)
+            ext.extra_compile_args = list(ext.extra_compile_args or []) + omp
+            ext.extra_link_args = list(ext.extra_link_args or []) + omp
             super().build_extension(ext)
         except Exception as exc:
             print(f"WARNING: minitbt._core was not built ({exc}); NumPy reference kernels will be used.")
@@ -48,7 +71,8 @@ def _extensions():
     ext = Extension(
         "minitbt._core",
         ["minitbt/_core.pyx"],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), "minitbt"],
+        depends=["minitbt/_bitops.h"],
         extra_compile_args=_native_flags(),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )

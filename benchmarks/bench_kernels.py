@@ -1,0 +1,160 @@
+"""minitbt's bit kernels against NumPy float32 matmul of the same shape (BENCHMARKS.md).
+
+    python benchmarks/bench_kernels.py                      # all shapes, 1 thread
+    python benchmarks/bench_kernels.py --quick              # 3 GEMM shapes + the 2 GEMVs
+    python benchmarks/bench_kernels.py --threads 2 --json bench_kernels.json
+
+Baseline: ``x @ wT`` with x (M, K) float32 and the weight pre-transposed to a contiguous
+(K, N) float32 array, as a user would hold it. Candidates get their operands packed or
+prepared beforehand (packing is excluded from the timing). Each shape runs the baseline
+and every candidate in turns (A B C ... A B C ...), after a warm-up; the table shows the
+medians, GMAC/s (M*K*N / time) and the ratio of medians (baseline / kernel, > 1 = faster).
+With one thread the clock is the process's CPU time by default (--clock cpu), so that the
+time other processes hold the core on a shared machine is left out; --clock wall to compare.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import bench_args  # noqa: E402
+
+
+def _extra(p):
+    p.add_argument("--quick", action="store_true", help="a subset of the GEMM shapes")
+    p.add_argument("--kernels", default="all",
+                   help="comma-separated subset of: "
+                        "w1a1,w1a2,w2a2,tt,w2a2_i8,w2a8,gemv_i8,gemv_f32")
+
+
+ARGS, UNSET = bench_args(__doc__, _extra)
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _common import alternate, header, print_table, write_json  # noqa: E402
+from minitbt import kernels as kn  # noqa: E402
+
+# kernel key -> (label, target, stretch)
+KERNELS = {
+    "w1a1": ("W1A1 xnor-popcount", 6.0, 8.0),
+    "w1a2": ("W1A2 bitplane (binary w)", 2.0, 3.0),
+    "w2a2": ("W2A2 bitplane (ternary w)", 2.0, 3.0),
+    "tt": ("W2A2 ternary x ternary", 2.0, 3.0),
+    "w2a2_i8": ("W2A2 codes as int8 (maddubs)", 2.0, 3.0),
+    "w2a8": ("W2A8 ternary x int8", 2.0, 3.0),
+    "gemv_i8": ("GEMV ternary x int8", 6.0, 10.0),
+    "gemv_f32": ("GEMV ternary x fp32 sign-add", 6.0, 10.0),
+}
+GEMM_KERNELS = ("w1a1", "w1a2", "w2a2", "tt", "w2a2_i8", "w2a8")
+GEMV_KERNELS = ("gemv_i8", "gemv_f32", "w1a1")
+
+if ARGS.quick:
+    GEMM_SHAPES = [(16, 512, 2048), (64, 768, 3072), (256, 2048, 3072)]
+else:
+    GEMM_SHAPES = [(M, K, N) for M in (16, 64, 256) for K in (512, 768, 2048) for N in (2048, 3072)]
+GEMV_SHAPES = [(1, 768, 3072), (1, 2048, 8192)]
+
+
+def candidates(M, K, N, keys, rng, threads):
+    """Operands packed/prepared once; returns {key: zero-argument callable}."""
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    codes = rng.integers(-1, 2, size=(N, K))                   # ternary weights
+    signs = rng.choice([-1, 1], size=(N, K))                   # binary weights
+    a_sign = kn.pack_signs(x)
+    a_codes = rng.integers(0, 4, size=(M, K))                  # unsigned 2-bit activations
+    a_pl = kn.pack_bitplanes(a_codes, 2)
+    a_tern = kn.pack_ternary(rng.integers(-1, 2, size=(M, K)))
+    w_sign, w_tern = kn.pack_signs(signs), kn.pack_ternary(codes)
+    x8 = rng.integers(-127, 128, size=(M, K)).astype(np.int8)
+    fns = {}
+    for key in keys:
+        if key == "w1a1":
+            fns[key] = lambda: kn.gemm_xnor(a_sign, w_sign, K, threads=threads)
+        elif key == "w1a2":
+            fns[key] = lambda: kn.gemm_bitplane_pm1(a_pl, w_sign, K, threads=threads)
+        elif key == "w2a2":
+            fns[key] = lambda: kn.gemm_bitplane(a_pl, w_tern, K, threads=threads)
+        elif key == "tt":
+            fns[key] = lambda: kn.gemm_ternary_ternary(a_tern, w_tern, K, threads=threads)
+        elif key in ("w2a8", "gemv_i8"):
+            prep = kn.prepare_ternary_int8(codes)
+            fns[key] = lambda prep=prep: kn.gemm_ternary_int8(x8, prep, threads=threads)
+        elif key == "w2a2_i8":                 # the same W2A2 product, 2-bit codes held as int8
+            prep, a8 = kn.prepare_ternary_int8(codes), a_codes.astype(np.int8)
+            fns[key] = lambda prep=prep, a8=a8: kn.gemm_ternary_int8(a8, prep, threads=threads)
+        elif key == "gemv_f32":
+            prep = kn.prepare_signadd(codes)
+            fns[key] = lambda prep=prep: kn.gemm_signadd_f32(x, prep, threads=threads)
+    return x, fns
+
+
+def run_shape(M, K, N, keys, rng):
+    x, fns = candidates(M, K, N, keys, rng, ARGS.threads)
+    wT = np.ascontiguousarray(rng.standard_normal((K, N)).astype(np.float32))
+    timed = alternate({"numpy": lambda: x @ wT, **fns}, repeats=ARGS.repeats,
+                      warmup=ARGS.warmup, min_time=ARGS.min_time, baseline="numpy",
+                      clock=ARGS.clock)
+    macs = M * K * N
+    base = timed["numpy"]["median"]
+    rows = []
+    for key in keys:
+        label, target, stretch = KERNELS[key]
+        if key == "w1a1" and M == 1:
+            target = stretch = None                             # shown for context only
+        t = timed[key]
+        rows.append({"kernel": label, "key": key, "M": M, "K": K, "N": N,
+                     "base_ms": base * 1e3, "kern_ms": t["median"] * 1e3,
+                     "base_gmacs": macs / base / 1e9, "kern_gmacs": macs / t["median"] / 1e9,
+                     "ratio": t["ratio"], "target": target, "stretch": stretch,
+                     "met": None if target is None else bool(t["ratio"] >= target)})
+    return rows
+
+
+def main():
+    keys = list(KERNELS) if ARGS.kernels == "all" else ARGS.kernels.split(",")
+    unknown = [k for k in keys if k not in KERNELS]
+    if unknown:
+        sys.exit(f"unknown kernels: {unknown}; choose from {list(KERNELS)}")
+    info = header(ARGS, UNSET, extra=f"minitbt compiled kernels: {kn.HAVE_EXT}"
+                  + (f" (AVX2 {kn._core.HAVE_AVX2}, OpenMP {kn._core.HAVE_OPENMP})"
+                     if kn.HAVE_EXT else ""))
+    rng = np.random.default_rng(0)
+    rows = []
+    gemm_keys = [k for k in keys if k in GEMM_KERNELS]
+    gemv_keys = [k for k in keys if k in GEMV_KERNELS]
+    if gemm_keys:
+        for M, K, N in GEMM_SHAPES:
+            rows += run_shape(M, K, N, gemm_keys, rng)
+    if gemv_keys:
+        for M, K, N in GEMV_SHAPES:
+            rows += run_shape(M, K, N, gemv_keys, rng)
+
+    cols = [("kernel", "kernel", "{}"), ("M", "M", "{}"), ("K", "K", "{}"), ("N", "N", "{}"),
+            ("base_ms", "numpy ms", "{:.3f}"), ("kern_ms", "kernel ms", "{:.3f}"),
+            ("base_gmacs", "numpy GMAC/s", "{:.1f}"), ("kern_gmacs", "kernel GMAC/s", "{:.1f}"),
+            ("ratio", "ratio", "{:.2f}x"), ("target", "target", "{:.0f}x")]
+    print_table(rows, cols)
+
+    print("\n# summary: ratio of medians over the shapes (min / median / max) against the target")
+    summary = []
+    for key in keys:
+        rs = [r for r in rows if r["key"] == key and r["target"] is not None]
+        if not rs:
+            continue
+        ratios = [r["ratio"] for r in rs]
+        label, target, stretch = KERNELS[key]
+        summary.append({"kernel": label, "key": key, "shapes": len(rs), "min": min(ratios),
+                        "median": float(np.median(ratios)), "max": max(ratios),
+                        "target": target, "stretch": stretch,
+                        "all_met": all(x >= target for x in ratios)})
+    print_table(summary, [("kernel", "kernel", "{}"), ("shapes", "shapes", "{}"),
+                          ("min", "min", "{:.2f}x"), ("median", "median", "{:.2f}x"),
+                          ("max", "max", "{:.2f}x"), ("target", "target", "{:.0f}x"),
+                          ("stretch", "stretch", "{:.0f}x"), ("all_met", "all >= target", "{}")])
+    if ARGS.json:
+        write_json(ARGS.json, {**info, "repeats": ARGS.repeats, "warmup": ARGS.warmup,
+                               "results": rows, "summary": summary})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, language_level=3
+"""Compiled bit kernels: thin wrappers around the C in minitbt/_bitops.h.
+
+Do not call these directly: minitbt/kernels.py validates shapes, dtypes,
+C-contiguity and padding, documents the layouts, and holds the NumPy reference
+of every kernel. The wrappers here trust their inputs, take the raw data
+pointers (cheaper than typed memoryviews: these calls can be a few
+microseconds long), release the GIL, and raise MemoryError if the C side
+cannot get scratch memory.
+"""
+cimport numpy as cnp
+from libc.stdint cimport int8_t, int32_t, uint8_t, uint64_t
+
+cnp.import_array()
+
+cdef extern from "_bitops.h" nogil:
+    int TBT_HAVE_AVX2
+    int TBT_HAVE_OPENMP
+    int TBT_AND
+    int TBT_XOR
+    int tbt_popc_gemm(const uint64_t *A, const uint64_t *B, int M, int N, int W,
+                      int op, int pa, int pb, const int32_t *coef,
+                      const int32_t *row_bias, int32_t bias, int32_t *out, int threads)
+    void tbt_row_popc(const uint64_t *A, int pa, int M, int W, const int32_t *weight,
+                      int32_t *row_popc)
+    int tbt_gemm_ternary_i8(const int8_t *x, int M, int K, const int8_t *w_i8, int Kp8,
+                            const int32_t *w_sum, int N, int32_t *out, int threads)
+    int tbt_gemv_ternary_i2(const int8_t *x, int K, const uint8_t *w_i2, int Kp2, int N,
+                            int32_t *out, int threads)
+    int tbt_signadd_f32(const float *x, int M, int K, const uint8_t *idx, int N,
+                        float *out, int threads)
+
+HAVE_AVX2 = bool(TBT_HAVE_AVX2)      # the AVX2 paths were compiled in
+HAVE_OPENMP = bool(TBT_HAVE_OPENMP)  # threads > 1 runs in parallel
+OP_AND = TBT_AND
+OP_XOR = TBT_XOR
+
+
+cdef inline void _check(int rc) except *:
+    if rc != 0:
+        raise MemoryError("minitbt._core: could not allocate a work buffer")
+
+
+def popc_gemm(cnp.ndarray A, cnp.ndarray B, int op, cnp.ndarray coef, row_bias, int bias,
+              cnp.ndarray out, int threads):
+    """out[m, n] = bias + row_bias[m] + sum_{p,q} coef[p, q] * popc(op(A[p, m], B[q, n])).
+
+    A: (pa, M, W) uint64, B: (pb, N, W) uint64, coef: (pa, pb) int32, row_bias: (M,) int32
+    or None, out: (M, N) int32.
+    """
+    cdef int pa = A.shape[0], M = A.shape[1], W = A.shape[2]
+    cdef int pb = B.shape[0], N = B.shape[1]
+    cdef const uint64_t *a = <const uint64_t *>cnp.PyArray_DATA(A)
+    cdef const uint64_t *b = <const uint64_t *>cnp.PyArray_DATA(B)
+    cdef const int32_t *c = <const int32_t *>cnp.PyArray_DATA(coef)
+    cdef const int32_t *rb = NULL
+    cdef int32_t *o = <int32_t *>cnp.PyArray_DATA(out)
+    cdef int rc
+    if row_bias is not None:
+        rb = <const int32_t *>cnp.PyArray_DATA(row_bias)
+    if M == 0 or N == 0:
+        return
+    with nogil:
+        rc = tbt_popc_gemm(a, b, M, N, W, op, pa, pb, c, rb, bias, o, threads)
+    _check(rc)
+
+
+def row_popc(cnp.ndarray A, cnp.ndarray weight, cnp.ndarray out):
+    """out[m] = sum_p weight[p] * popc(A[p, m]);  A (pa, M, W) uint64, weight (pa,) int32."""
+    cdef int pa = A.shape[0], M = A.shape[1], W = A.shape[2]
+    cdef const uint64_t *a = <const uint64_t *>cnp.PyArray_DATA(A)
+    cdef const int32_t *wt = <const int32_t *>cnp.PyArray_DATA(weight)
+    cdef int32_t *o = <int32_t *>cnp.PyArray_DATA(out)
+    with nogil:
+        tbt_row_popc(a, pa, M, W, wt, o)
+
+
+def gemm_ternary_i8(cnp.ndarray x, cnp.ndarray w_i8, cnp.ndarray w_sum, int N,
+                    cnp.ndarray out, int threads):
+    """out (M, N) = x (M, K) int8 @ W.T, W the int8 codes w_i8 (Np, Kp8); exact int32."""
+    cdef int M = x.shape[0], K = x.shape[1], Kp8 = w_i8.shape[1]
+    cdef const int8_t *xp = <const int8_t *>cnp.PyArray_DATA(x)
+    cdef const int8_t *wp = <const int8_t *>cnp.PyArray_DATA(w_i8)
+    cdef const int32_t *ws = <const int32_t *>cnp.PyArray_DATA(w_sum)
+    cdef int32_t *o = <int32_t *>cnp.PyArray_DATA(out)
+    cdef int rc
+    if M == 0 or N == 0:
+        return
+    with nogil:
+        rc = tbt_gemm_ternary_i8(xp, M, K, wp, Kp8, ws, N, o, threads)
+    _check(rc)
+
+
+def gemv_ternary_i2(cnp.ndarray x, cnp.ndarray w_i2, int N, cnp.ndarray out, int threads):
+    """out[m] (N,) = W @ x[m] for each row of x (M, K) int8, W in the 2-bit layout w_i2."""
+    cdef int M = x.shape[0], K = x.shape[1], Kp2 = 4 * w_i2.shape[1]
+    cdef const int8_t *xp = <const int8_t *>cnp.PyArray_DATA(x)
+    cdef const uint8_t *wp = <const uint8_t *>cnp.PyArray_DATA(w_i2)
+    cdef int32_t *o = <int32_t *>cnp.PyArray_DATA(out)
+    cdef int m, rc = 0
+    if N == 0:
+        return
+    with nogil:
+        for m in range(M):
+            rc = tbt_gemv_ternary_i2(xp + <size_t>m * K, K, wp, Kp2, N, o + <size_t>m * N,
+                                     threads)
+            if rc != 0:
+                break
+    _check(rc)
+
+
+def signadd_f32(cnp.ndarray x, cnp.ndarray idx, int N, cnp.ndarray out, int threads):
+    """out (M, N) = x (M, K) float32 @ W.T for ternary W given as look-up indices."""
+    cdef int M = x.shape[0], K = x.shape[1]
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+    cdef const uint8_t *ip = <const uint8_t *>cnp.PyArray_DATA(idx)
+    cdef float *o = <float *>cnp.PyArray_DATA(out)
+    cdef int rc
+    if M == 0 or N == 0:
+        return
+    with nogil:
+        rc = tbt_signadd_f32(xp, M, K, ip, N, o, threads)
+    _check(rc)
