@@ -88,28 +88,45 @@ class AdamW(Optimizer):
         self.m = [np.zeros_like(p.data) for p in self.params]
         self.v = [np.zeros_like(p.data) for p in self.params]
         self._index = {id(p): i for i, p in enumerate(self.params)}
+        self._scratch = {}   # dtype -> one flat work array, as large as the largest parameter
 
     def _slots(self):
         return {"m": self.m, "v": self.v}
+
+    def _work(self, p) -> np.ndarray:
+        """A scratch array shaped like p (reused by every parameter: no allocation per step)."""
+        buf = self._scratch.get(p.data.dtype)
+        if buf is None:
+            size = max(q.data.size for q in self.params if q.data.dtype == p.data.dtype)
+            buf = self._scratch[p.data.dtype] = np.empty(size, dtype=p.data.dtype)
+        return buf[:p.data.size].reshape(p.data.shape)
 
     def step(self) -> None:
         self.step_count += 1
         t = self.step_count
         bc1, bc2 = 1 - self.b1 ** t, 1 - self.b2 ** t
-        step_size = self.lr / bc1
+        step_size, inv_sqrt_bc2 = self.lr / bc1, 1.0 / math.sqrt(bc2)
         for p, m, v in zip(self.params, self.m, self.v):
             g = p.grad
             if g is None:
                 continue
-            if self.weight_decay and p.data.ndim >= 2:
-                p.data *= 1 - self.lr * self.weight_decay
+            w = p.data
+            tmp = self._work(p)                   # every update below runs in place
+            if self.weight_decay and w.ndim >= 2:
+                w *= 1 - self.lr * self.weight_decay
+            np.multiply(g, 1 - self.b1, out=tmp)
             m *= self.b1
-            m += (1 - self.b1) * g
+            m += tmp                              # m = b1 m + (1 - b1) g
+            np.multiply(g, g, out=tmp)
+            tmp *= 1 - self.b2
             v *= self.b2
-            v += (1 - self.b2) * (g * g)
-            denom = np.sqrt(v / bc2)
-            denom += self.eps
-            p.data -= step_size * (m / denom)
+            v += tmp                              # v = b2 v + (1 - b2) g^2
+            np.sqrt(v, out=tmp)
+            tmp *= inv_sqrt_bc2
+            tmp += self.eps                       # sqrt(v_hat) + eps
+            np.divide(m, tmp, out=tmp)
+            tmp *= step_size
+            w -= tmp                              # p -= lr m_hat / (sqrt(v_hat) + eps)
 
     def second_moment(self, p) -> np.ndarray:
         """sqrt(v_hat) for parameter p (zeros before the first step)."""

@@ -122,22 +122,33 @@ class Tensor:
                 if p.requires_grad and id(p) not in visited:
                     stack.append((p, False))
 
-        grads = {id(self): grad}
+        # grads[id(node)] = [dL/d(node), owned]. A gradient returned by an op's backward may be
+        # shared (add hands the same g to both inputs; reshape returns a view of g), so it is
+        # never written to. Once two gradients meet, their sum is a fresh array that only this
+        # loop knows ("owned"): later contributions are added into it in place.
+        grads = {id(self): [grad, False]}
         for node in reversed(order):
-            g = grads.pop(id(node), None)
-            if g is None:
+            entry = grads.pop(id(node), None)
+            if entry is None:
                 continue
+            g, owned = entry
             if node._backward is None:  # a leaf: accumulate like PyTorch
-                node.grad = g.copy() if node.grad is None else node.grad + g
+                if node.grad is None:
+                    node.grad = g if owned else g.copy()
+                else:
+                    node.grad = node.grad + g
                 continue
             for p, pg in zip(node._parents, node._backward(g)):
                 if pg is None or not p.requires_grad:
                     continue
                 assert pg.shape == p.data.shape, f"{node._op}: grad shape {pg.shape} != input shape {p.data.shape}"
-                if id(p) in grads:
-                    grads[id(p)] = grads[id(p)] + pg
+                acc = grads.get(id(p))
+                if acc is None:
+                    grads[id(p)] = [pg, False]
+                elif acc[1] and acc[0].dtype == np.result_type(acc[0], pg):
+                    acc[0] += pg                                   # in place, into our own buffer
                 else:
-                    grads[id(p)] = pg
+                    grads[id(p)] = [acc[0] + pg, True]
 
     # ---- conveniences -----------------------------------------------------------------
     @property

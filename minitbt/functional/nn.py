@@ -41,24 +41,37 @@ def layer_norm(a: Tensor, weight: Tensor = None, bias: Tensor = None, eps: float
     dL/dw = sum(g * xhat),  dL/db = sum(g)  (over all leading axes)
     """
     x = a.data
-    mu = x.mean(axis=-1, keepdims=True)
-    xc = x - mu
-    rstd = 1.0 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
-    xhat = xc * rstd
+    d = x.shape[-1]
+    xc = x - x.mean(axis=-1, keepdims=True)                          # (..., d)
+    var = np.einsum("...i,...i->...", xc, xc)[..., None] / d          # (..., 1), no x^2 temporary
+    rstd = 1.0 / np.sqrt(var + eps)
+    xhat = xc
+    xhat *= rstd                                                      # in place: xc is ours
     y = xhat * weight.data if weight is not None else xhat.copy()
     if bias is not None:
         y += bias.data
     parents = tuple(t for t in (a, weight, bias) if t is not None)
 
     def backward(g):
-        gh = g * weight.data if weight is not None else g
-        gx = rstd * (gh - gh.mean(axis=-1, keepdims=True) - xhat * (gh * xhat).mean(axis=-1, keepdims=True))
-        grads = [gx]
-        lead = tuple(range(g.ndim - 1))
+        g2, xh2 = g.reshape(-1, d), xhat.reshape(-1, d)                # (N, d)
+        gxh = g2 * xh2                                                # g * xhat, (N, d)
+        grads = []
         if weight is not None:
-            grads.append((g * xhat).sum(axis=lead))
+            w = weight.data
+            grads.append(gxh.sum(axis=0))                             # dL/dw
+            c1 = (g2 @ w)[:, None] / d                                # mean(gh) per row, gh = g * w
+            c2 = (gxh @ w)[:, None] / d                               # mean(gh * xhat) per row
+            gx = g2 * w                                               # gh, turned into dL/dx in place
+            gx -= c1
+        else:
+            c1 = g2.mean(axis=-1, keepdims=True)
+            c2 = gxh.mean(axis=-1, keepdims=True)
+            gx = g2 - c1
+        gx -= np.multiply(xh2, c2, out=gxh)                           # gxh is spent: reuse its memory
+        gx *= rstd.reshape(-1, 1)                                     # (N, d)
+        grads.insert(0, gx.reshape(x.shape))
         if bias is not None:
-            grads.append(g.sum(axis=lead))
+            grads.append(g2.sum(axis=0))                              # dL/db
         return tuple(grads)
     return make(y, parents, backward, "layer_norm")
 
@@ -81,7 +94,8 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, label_smoot
     """Mean token cross-entropy from logits (N, C) and integer targets (N,), fused with log_softmax.
 
     With smoothing eps the target distribution is q = (1 - eps) onehot(t) + eps / C:
-    loss_i = -sum_c q_c log p_c.   dL/dlogits_i = (p_i - q_i) / n_valid, zero for ignored rows.
+    loss_i = -sum_c q_c log p_c = lse_i - (1 - eps) z_{i,t} - eps mean_c z_{i,c},  lse = log sum_c e^z.
+    dL/dlogits_i = (p_i - q_i) / n_valid, zero for ignored rows.
     Rows whose target equals ``ignore_index`` (padding) count neither in the sum nor in n_valid.
     """
     x = logits.data
@@ -94,21 +108,23 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, label_smoot
     tv = np.where(valid, t, 0)
     if valid.any() and (tv.min() < 0 or tv.max() >= C):
         raise IndexError(f"cross_entropy target out of range [0, {C}): {tv.min()}..{tv.max()}")
-    shifted = x - x.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    logp = shifted - lse                                           # (N, C)
-    nll = -logp[np.arange(N), tv]                                  # (N,)
+    rows = np.arange(N)
+    z = x - x.max(axis=1, keepdims=True)                           # (N, C), shifted for stability
+    nll = -z[rows, tv]                                             # (N,)  (before adding lse)
     if label_smoothing:
-        nll = (1 - label_smoothing) * nll - label_smoothing * logp.mean(axis=1)
+        nll = (1 - label_smoothing) * nll - label_smoothing * z.mean(axis=1)
+    e = np.exp(z, out=z)                                           # (N, C), z is no longer needed
+    s = e.sum(axis=1)                                              # (N,)
+    nll += np.log(s)
     loss = np.asarray((nll * valid).sum() / n_valid, dtype=x.dtype)
 
     def backward(g):
-        grad = np.exp(logp)                                        # p
-        grad[np.arange(N), tv] -= 1 - label_smoothing
+        w = (valid * (g / n_valid)).astype(x.dtype)                # (N,) weight of each row
+        grad = e * (w / s)[:, None]                                # p * w
+        grad[rows, tv] -= (1 - label_smoothing) * w
         if label_smoothing:
-            grad -= label_smoothing / C
-        grad *= (g / n_valid) * valid[:, None]
-        return (grad.astype(x.dtype, copy=False),)
+            grad -= (label_smoothing / C) * w[:, None]
+        return (grad,)
     return make(loss, (logits,), backward, "cross_entropy")
 
 
@@ -116,10 +132,10 @@ def soft_cross_entropy(logits: Tensor, target_probs, mask=None, temperature: flo
     """Distillation loss: mean over rows of -sum_c p_teacher,c log softmax(z / T)_c.
 
     logits (N, C), target_probs (N, C) (constant: the teacher is frozen), mask (N,) of rows to count.
-    dL/dz = (softmax(z / T) - p_teacher) / (T n).
+    dL/dz = (softmax(z / T) sum_c p_teacher,c - p_teacher) / (T n)   (the sum is 1 for a true distribution).
     """
     x = logits.data / temperature
-    p_t = np.asarray(target_probs.data if isinstance(target_probs, Tensor) else target_probs)
+    p_t = np.asarray(target_probs.data if isinstance(target_probs, Tensor) else target_probs, dtype=x.dtype)
     if p_t.shape != x.shape:
         raise ValueError(f"soft_cross_entropy: logits {x.shape} and teacher probabilities {p_t.shape} differ")
     keep = np.ones(x.shape[0], dtype=bool) if mask is None else np.asarray(mask, dtype=bool).reshape(-1)
@@ -129,13 +145,14 @@ def soft_cross_entropy(logits: Tensor, target_probs, mask=None, temperature: flo
     loss = np.asarray(-((p_t * logp).sum(axis=1) * keep).sum() / n, dtype=x.dtype)
 
     def backward(g):
-        return (((np.exp(logp) - p_t) * keep[:, None] * (g / (n * temperature))).astype(x.dtype),)
+        mass = p_t.sum(axis=1, keepdims=True)                      # (N, 1), 1 up to rounding
+        return (((np.exp(logp) * mass - p_t) * keep[:, None] * (g / (n * temperature))).astype(x.dtype),)
     return make(loss, (logits,), backward, "soft_cross_entropy")
 
 
 def mse_loss(a: Tensor, target) -> Tensor:
     """L = mean (a - target)^2 with a constant target;  dL/da = 2 (a - target) / n."""
-    t = target.data if isinstance(target, Tensor) else np.asarray(target)
+    t = np.asarray(target.data if isinstance(target, Tensor) else target, dtype=a.data.dtype)
     if t.shape != a.data.shape:
         raise ValueError(f"mse_loss: shapes differ, {a.data.shape} vs {t.shape}")
     diff = a.data - t
@@ -154,17 +171,21 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None) -> 
     """
     qd, kd, vd = q.data, k.data, v.data
     scale = np.asarray(qd.shape[-1] ** -0.5, dtype=qd.dtype)
-    s = (qd @ np.swapaxes(kd, -1, -2)) * scale                   # (B, H, Tq, Tk)
+    p = qd @ np.swapaxes(kd, -1, -2)                              # (B, H, Tq, Tk) scores, then in place:
+    p *= scale
     if mask is not None:
-        s = np.where(mask, np.asarray(-1e9, dtype=s.dtype), s)
-    p = np.exp(s - s.max(axis=-1, keepdims=True))
-    p /= p.sum(axis=-1, keepdims=True)
+        np.copyto(p, np.asarray(-1e9, dtype=p.dtype), where=np.broadcast_to(np.asarray(mask, bool), p.shape))
+    p -= p.max(axis=-1, keepdims=True)
+    np.exp(p, out=p)
+    p /= p.sum(axis=-1, keepdims=True)                            # P
     y = p @ vd                                                    # (B, H, Tq, d)
 
     def backward(g):
         gv = np.swapaxes(p, -1, -2) @ g if v.requires_grad else None
-        dp = g @ np.swapaxes(vd, -1, -2)
-        ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True)) * scale
+        ds = g @ np.swapaxes(vd, -1, -2)                          # dP, then in place to dS
+        ds -= np.einsum("...ij,...ij->...i", ds, p)[..., None]
+        ds *= p
+        ds *= scale
         gq = ds @ kd if q.requires_grad else None
         gk = np.swapaxes(ds, -1, -2) @ qd if k.requires_grad else None
         return gq, gk, gv

@@ -19,7 +19,8 @@ def permute(a: Tensor, *axes) -> Tensor:
     """Reorder axes; the gradient is permuted by the inverse permutation."""
     if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
         axes = tuple(axes[0])
-    inv = tuple(np.argsort(axes))
+    axes = tuple(int(ax) % a.data.ndim for ax in axes)   # permute(-1, 0) works, and so does its inverse
+    inv = tuple(int(i) for i in np.argsort(axes))
     return make(a.data.transpose(axes), (a,), lambda g: (g.transpose(inv),), "permute")
 
 
@@ -106,7 +107,13 @@ def embedding(ids, weight: Tensor) -> Tensor:
         raise IndexError(f"embedding id out of range: ids span [{ids.min()}, {ids.max()}], vocabulary size {V}")
 
     def backward(g):
+        # Scatter-add (repeated ids sum), done as sort + segment sums: faster than np.add.at.
         gw = np.zeros((V, d), dtype=weight.data.dtype)
-        np.add.at(gw, ids.reshape(-1), g.reshape(-1, d))   # scatter-add: repeated ids sum
+        flat = ids.reshape(-1)
+        if flat.size:
+            order = np.argsort(flat, kind="stable")
+            sid = flat[order]                                      # ids, sorted
+            starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])   # first row of each id
+            gw[sid[starts]] = np.add.reduceat(g.reshape(-1, d)[order], starts, axis=0)
         return (gw,)
     return make(weight.data[ids], (weight,), backward, "embedding")
