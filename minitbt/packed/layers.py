@@ -1,42 +1,13 @@
-"""The packed model: a quantization-aware-trained model exported to bits, run on the bit kernels.
-
-``pack_model(qat_model)`` keeps the model's structure (attention, LayerNorms, residuals, the
-full-precision LM head) and swaps every QuantLinear for a ``PackedLinear`` and the quantized
-embedding for a ``PackedEmbedding``. A PackedLinear holds its weight as bit planes plus a
-scale and a centre per output row; its latent float weight is gone. At run time it
-quantizes its input with the *trained* activation quantizer (learned scales, offsets) and
-computes the integer inner products with a kernel from ``minitbt.kernels``:
-
-    x_q = s_x c_x + o_x  (per token),   W_q = s_w c_w + o_w  (per row)
-    y = x_q W_q^T + b
-      = s_x s_w (c_x . c_w) + s_x o_w sum(c_x) + o_x s_w sum(c_w) + o_x o_w K + b
-
-Only ``c_x . c_w`` runs over K, in integers and without multiplications; the rest are
-per-row and per-token corrections applied outside the inner loop (METHODS.md section 7).
-
-The kernel follows from the codes:  activations in {-1,+1} with binary weights: XNOR-popcount;
-unsigned k-bit codes (ReLU outputs, attention-free FFN input): bit planes; signed ternary:
-ternary x ternary planes; signed 8-bit: ternary x int8; float activations: sign-add.
-Weights with more than three levels (8-bit) and per-channel activation scales have no
-bit kernel here: they run as a float matmul of the dequantized values (said by ``kernel_report``).
-Attention scores and P.V stay float matmuls of the quantized states, as in training.
-"""
-import copy
-
+"""PackedLinear and PackedEmbedding: weights as bit planes or integer codes, run on the bit kernels."""
 import numpy as np
 
-from minitbt import checkpoint, kernels
+from minitbt import kernels
 from minitbt.nn.module import Module, Parameter
+from minitbt.quant.activation import MinMaxQuantizer
 from minitbt.quant.base import PlaneCodes
 from minitbt.quant.layers import QuantEmbedding, QuantLinear
-from minitbt.tensor import Tensor, no_grad
-
-
-def _vec(a, n) -> np.ndarray:
-    """A scale or offset (scalar, (n, 1) or (n,)) as a vector of length n (float32, or float64 if given)."""
-    a = np.asarray(a)
-    a = a.astype(np.float64 if a.dtype == np.float64 else np.float32)
-    return np.broadcast_to(a.reshape(-1) if a.size > 1 else a.reshape(()), (n,)).copy()
+from minitbt.tensor import Tensor
+from minitbt.packed.levels import _levels, _per_token, _ternary_int8, _vec
 
 
 class PackedLinear(Module):
@@ -59,6 +30,25 @@ class PackedLinear(Module):
             self.register_buffer("w_dense", qlinear.quantized_weight().astype(np.float32))
         self._layouts = {}
 
+    @classmethod
+    def _concat(cls, layers):
+        """One PackedLinear computing the given ternary layers side by side (outputs concatenated);
+        the input quantizer is the first layer's (the caller checks that they agree)."""
+        first = layers[0]
+        fused = cls.__new__(cls)
+        Module.__init__(fused)
+        fused.in_features = first.in_features
+        fused.out_features = sum(m.out_features for m in layers)
+        fused.bias = None if first.bias is None else \
+            Parameter(np.concatenate([m.bias.data for m in layers]), requires_grad=False)
+        fused.input_quantizer = first.input_quantizer
+        fused.kind = "ternary"
+        fused.planes = np.ascontiguousarray(np.concatenate([m.planes for m in layers], axis=1))
+        fused.w_scale = np.concatenate([m.w_scale for m in layers])
+        fused.w_offset = np.concatenate([m.w_offset for m in layers])
+        fused._layouts = {}
+        return fused
+
     # ---- weight layouts, prepared once per kernel on first use ----------------------
     def _codes(self) -> np.ndarray:
         K = self.in_features
@@ -67,11 +57,12 @@ class PackedLinear(Module):
 
     def _layout(self, name):
         if name not in self._layouts:
-            if not self._layouts:                                           # first use (or after a load)
+            if "_codes" not in self._layouts:                              # first use (or after a load)
                 codes = self._codes()
                 self._layouts["codes_sum"] = codes.sum(axis=1).astype(self.w_scale.dtype)   # sum_k c_w
                 self._layouts["binary"] = bool((codes != 0).all())
                 self._layouts["_codes"] = codes
+                self._layouts["w_offset_zero"] = not np.any(self.w_offset)
             codes = self._layouts["_codes"]
             make = {"int8": lambda: kernels.prepare_ternary_int8(codes),
                     "signadd": lambda: kernels.prepare_signadd(codes),
@@ -80,6 +71,21 @@ class PackedLinear(Module):
             if name in make:
                 self._layouts[name] = make[name]()
         return self._layouts[name]
+
+    def _int8_plan(self):
+        """Prepare the layouts; returns the input quantizer when apply2d's fast path applies
+        (ternary weights without offsets, compiled kernels, a signed per-token min-max quantizer
+        of 3 to 8 bits, i.e. the ternary x int8 kernel), else False."""
+        q = self.input_quantizer
+        ok = self.kind == "ternary" and kernels._core is not None and isinstance(q, MinMaxQuantizer) \
+            and q.signed and q.per_token and 3 <= q.precision and q.qp <= 127
+        if self.kind == "ternary":
+            self._layout("codes_sum")
+            ok = ok and self._layouts["w_offset_zero"]
+            if ok:
+                self._layout("int8")
+        self._layouts["int8_quantizer"] = q if ok else False
+        return self._layouts["int8_quantizer"]
 
     def reset_layouts(self):
         self._layouts = {}
@@ -90,28 +96,57 @@ class PackedLinear(Module):
         lead, K, N = xd.shape[:-1], self.in_features, self.out_features
         dtype = np.float64 if xd.dtype == np.float64 else np.float32        # float64 for exactness checks
         x2 = np.ascontiguousarray(xd.reshape(-1, K), dtype=dtype)          # (M, K)
+        return Tensor(self.apply2d(x2).reshape(*lead, N))
+
+    def apply2d(self, x2):
+        """The layer on a C-contiguous (M, K) float32/float64 array -> (M, N), same dtype."""
+        q8 = self._layouts.get("int8_quantizer")
+        if q8 is None:
+            q8 = self._int8_plan()
+        if q8 and self.w_scale.dtype == x2.dtype:
+            # the common case (8-bit per-token activations, no offsets): y = s_x s_w (c_x . c_w) + b
+            r, sx, _ = _levels(q8, x2)
+            c8 = r.astype(np.int8)
+            y = np.multiply(_ternary_int8(c8, self._layouts["int8"]), sx * self.w_scale, dtype=x2.dtype)
+            if self.bias is not None:
+                y += self.bias.data
+            return y
         if self.kind == "dense":
             xq = x2 if self.input_quantizer is None else self.input_quantizer.codes(x2).dequantize()
             y = xq @ self.w_dense.T
         else:
             y = self._ternary_forward(x2)
         if self.bias is not None:
-            y = y + self.bias.data
-        return Tensor(y.astype(dtype, copy=False).reshape(*lead, N))
+            b = self.bias.data
+            if b.dtype == y.dtype:
+                y += b                                                      # y is ours
+            else:
+                y = y + b
+        return y.astype(x2.dtype, copy=False)
 
     def _ternary_forward(self, x2):
         M, K = x2.shape
         self._layout("codes_sum")
-        if self.input_quantizer is None:                                   # float activations: sign-add
+        q = self.input_quantizer
+        if q is None:                                                       # float activations: sign-add
             dot = kernels.gemm_signadd_f32(x2.astype(np.float32), self._layout("signadd"))
             return dot * self.w_scale + (x2.sum(axis=1, keepdims=True) * self.w_offset)
-        qc = self.input_quantizer.codes(x2)
-        sx, ox = np.asarray(qc.scale, x2.dtype), np.asarray(qc.offset, x2.dtype)
-        if sx.size not in (1, M) or ox.size not in (1, M):                 # per-channel scales: no kernel
-            return qc.dequantize() @ (self._layout("_codes") * self.w_scale[:, None] + self.w_offset[:, None]).T
-        c = np.ascontiguousarray(qc.codes)
+        lv = _levels(q, x2)
+        if lv is not None:                                                  # fast, exact (see _levels)
+            r, sx, ox = lv
+            c = r.astype(np.int8 if q.lo >= -128 and q.qp <= 127 else np.int16)
+            sx = sx.reshape(-1, 1)
+            if ox is None and self._layouts["w_offset_zero"]:               # the other terms are exact zeros
+                return np.multiply(self._integer_dot(c), sx * self.w_scale, dtype=x2.dtype)
+            ox = np.zeros((), x2.dtype) if ox is None else ox.reshape(-1, 1)
+        else:
+            qc = q.codes(x2)
+            sx, ox = np.asarray(qc.scale, x2.dtype), np.asarray(qc.offset, x2.dtype)
+            if not (_per_token(sx, M) and _per_token(ox, M)):               # per-channel scales: no kernel
+                return qc.dequantize() @ (self._layout("_codes") * self.w_scale[:, None] + self.w_offset[:, None]).T
+            c = np.ascontiguousarray(qc.codes)
+            sx, ox = sx.reshape(-1, 1), ox.reshape(-1, 1)                   # (M or 1, 1)
         dot = self._integer_dot(c).astype(x2.dtype)                         # (M, N), exact integers
-        sx, ox = sx.reshape(-1, 1), ox.reshape(-1, 1)                       # (M or 1, 1)
         csum = c.sum(axis=1, keepdims=True, dtype=np.int64).astype(x2.dtype)
         return (sx * self.w_scale) * dot + (sx * csum) * self.w_offset \
             + ox * (self.w_scale * self._layout("codes_sum")) + ox * self.w_offset * K
@@ -119,6 +154,9 @@ class PackedLinear(Module):
     def _integer_dot(self, c):
         """c_x (M, K) integer codes . c_w^T with the kernel their value sets allow."""
         K = self.in_features
+        q = self.input_quantizer
+        if getattr(q, "signed", False) and getattr(q, "precision", 0) >= 3 and c.dtype == np.int8:
+            return self._int8_dot(c)                                        # 8-bit signed: ternary x int8
         lo, hi = int(c.min()), int(c.max())
         binary_w = self._layout("binary")
         if lo >= 0:                                                         # unsigned: bit planes
@@ -132,8 +170,11 @@ class PackedLinear(Module):
                 return kernels.gemm_xnor(kernels.pack_signs(c), self._layout("signs"), K)
             return kernels.gemm_ternary_ternary(kernels.pack_ternary(c.astype(np.int8)), self._layout("ternary"), K)
         if lo >= -128 and hi <= 127:                                        # 8-bit: ternary x int8
-            return kernels.gemm_ternary_int8(c.astype(np.int8), self._layout("int8"))
+            return self._int8_dot(c.astype(np.int8))
         return c.astype(np.float32) @ self._layout("_codes").T.astype(np.float32)
+
+    def _int8_dot(self, c8):
+        return _ternary_int8(np.ascontiguousarray(c8), self._layout("int8"))
 
     def kernel_name(self) -> str:
         if self.kind == "dense":
@@ -170,68 +211,13 @@ class PackedEmbedding(Module):
         self.register_buffer("row_offset", _vec(wc.offset, V) if not isinstance(wc, PlaneCodes) else np.zeros(V, np.float32))
 
     def forward(self, ids):                                                 # (...) -> (..., d)
-        ids = np.asarray(ids)
+        return Tensor(self.lookup(np.asarray(ids)))
+
+    def lookup(self, ids):
         rows = self.codes[ids].astype(self.row_scale.dtype)
-        return Tensor(rows * self.row_scale[ids][..., None] + self.row_offset[ids][..., None])
+        return rows * self.row_scale[ids][..., None] + self.row_offset[ids][..., None]
 
 
-def pack_model(model):
-    """A packed copy of a quantization-aware model (the model itself is left as it is)."""
-    if getattr(model, "quant_recipe", None) is None:
-        raise ValueError("pack_model needs a quantized model (made by quantize_model / --quant)")
-    packed = copy.deepcopy(model)
-    packed.eval()
-    with no_grad():
-        for _, mod in list(packed.named_modules()):
-            for name, child in list(mod.children()):
-                if isinstance(child, QuantLinear):
-                    setattr(mod, name, PackedLinear(child))
-                elif isinstance(child, QuantEmbedding) and child.weight_quantizer is not None:
-                    setattr(mod, name, PackedEmbedding(child))
-    packed.packed = True
-    return packed
-
-
-def kernel_report(model) -> dict:
-    """Which kernel each PackedLinear runs: {layer name: kernel}."""
-    return {n: m.kernel_name() for n, m in model.named_modules() if isinstance(m, PackedLinear)}
-
-
-def save_packed(path: str, model, tokenizer: str = None) -> None:
-    """Write a packed model (bit planes, scales, FP parts) atomically, with its config and recipe."""
-    if not getattr(model, "packed", False):
-        raise ValueError("save_packed needs a model made by pack_model")
-    from minitbt.model_io import model_meta
-    meta = {**model_meta(model), "packed": True}
-    if tokenizer:
-        meta["tokenizer"] = tokenizer
-    checkpoint.save(path, model.state_dict(), meta)
-
-
-def load_packed(path: str):
-    """Read a file written by save_packed: returns (packed model, meta)."""
-    from minitbt.model_io import build_model, quantize
-    state, meta, _ = checkpoint.load(path)
-    if not meta.get("packed"):
-        raise checkpoint.CheckpointError(f"{path} is not a packed model (export one with `minitbt export --packed`)")
-    skeleton = quantize(build_model(**meta["model_config"]), meta["quant"])
-    model = pack_model(skeleton)
-    try:
-        model.load_state_dict(state)
-    except ValueError as exc:
-        raise checkpoint.CheckpointError(f"{path} does not fit the packed model it describes:\n{exc}") from None
-    for m in model.modules():
-        if isinstance(m, PackedLinear):
-            m.reset_layouts()
-    return model, meta
-
-
-def load_packed_or_pack(path: str):
-    """A packed model from ``path``: read it if it is a packed file, else pack the QAT checkpoint."""
-    from minitbt.model_io import load_model
-    _, meta, _ = checkpoint.load(path)
-    if meta.get("packed"):
-        return load_packed(path)
-    model, meta = load_model(path)
-    return pack_model(model), meta
-
+# ---------------------------------------------------------------------------------------------
+# The lean inference path: encode and cached decode on plain arrays
+# ---------------------------------------------------------------------------------------------
