@@ -16,7 +16,9 @@ import os
 import sys
 from dataclasses import fields
 
-MODELS = {"translation": "models/ddtp-en-de-fp.npz", "summarization": "models/debian-summ-fp.npz"}
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the shipped models live in the repo
+MODELS = {"translation": os.path.join(_REPO, "models", "ddtp-en-de-fp.npz"),
+          "summarization": os.path.join(_REPO, "models", "debian-summ-fp.npz")}
 
 
 def _set_threads(argv):
@@ -80,7 +82,8 @@ def _decoding_args(p, default_model):
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
     p.add_argument("--length-penalty", type=float, default=1.0)
     p.add_argument("--min-len", type=int, default=0)
-    p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--max-len", type=int, default=None,
+                   help="longest output in tokens (default: the model's training target length, else 64)")
     p.add_argument("--packed", action="store_true", help="run the packed (bit-kernel) model")
     p.add_argument("--tokenizer", default=None, help="task folder with tokenizer.json (default: from the model)")
 

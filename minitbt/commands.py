@@ -44,7 +44,7 @@ def _load(args):
     return model, tok, meta
 
 
-def _generate(model, tok, texts, args, max_src_len):
+def _generate(model, tok, texts, args, max_src_len, max_len=64):
     """Decode a list of texts in batches of 32; greedy when --beam 1."""
     import numpy as np
     from minitbt.data import EOS, PAD, decode, encode
@@ -57,9 +57,9 @@ def _generate(model, tok, texts, args, max_src_len):
         for r, s in enumerate(chunk):
             src[r, : len(s)] = s
         if args.beam > 1:
-            hyps = beam_search(model, src, args.beam, args.max_len, args.min_len, args.length_penalty)
+            hyps = beam_search(model, src, args.beam, max_len, args.min_len, args.length_penalty)
         else:
-            hyps = greedy(model, src, args.max_len, args.min_len)
+            hyps = greedy(model, src, max_len, args.min_len)
         out += [decode(tok, h) for h in hyps]
     return out
 
@@ -68,12 +68,16 @@ def _max_src_len(model, meta):
     return meta.get("train_config", {}).get("max_src_len") or model.config.max_len - 1
 
 
+def _max_len(args, meta):
+    return args.max_len or meta.get("train_config", {}).get("max_tgt_len") or 64
+
+
 def translate(args):
     texts = [args.text] if args.text is not None else [l.rstrip("\n") for l in sys.stdin]
     if not texts or any(not t.strip() for t in texts):
         raise ValueError("empty input text: give a non-empty sentence (or non-empty lines on standard input)")
     model, tok, meta = _load(args)
-    for line in _generate(model, tok, texts, args, _max_src_len(model, meta)):
+    for line in _generate(model, tok, texts, args, _max_src_len(model, meta), _max_len(args, meta)):
         print(line)
     return 0
 
@@ -91,13 +95,14 @@ def eval(args):
         sources, targets = sources[: args.limit], targets[: args.limit]
     model, tok, meta = _load(args)
     t0 = time.perf_counter()
-    hyps = _generate(model, tok, sources, args, _max_src_len(model, meta))
+    hyps = _generate(model, tok, sources, args, _max_src_len(model, meta), _max_len(args, meta))
     seconds = time.perf_counter() - t0
     scores = metrics.score(info["kind"], hyps, targets)
     path = args.hyp_out or os.path.splitext(args.model)[0] + f".{info['name']}.{args.split}.hyp"
     with open(path, "w", encoding="utf-8") as f:
         f.write("".join(h + "\n" for h in hyps))
     print(json.dumps({"task": info["name"], "split": args.split, "n": len(hyps), "beam": args.beam,
+                      "max_len": _max_len(args, meta),
                       "packed": bool(args.packed), "decode_seconds": round(seconds, 1), **scores,
                       "hypotheses": path}))
     return 0
