@@ -8,7 +8,7 @@
     minitbt summary   --model CKPT                                 parameters, memory and MACs by bit width
     minitbt export    --model CKPT --out model.npz [--half] [--packed]
 
-``--threads N`` sets the BLAS thread count before NumPy starts. Errors in the input (a missing
+``--threads N`` sets the BLAS thread count. Errors in the input (a missing
 file, an unknown task, an empty text, a corrupt checkpoint) end with a one-line message and exit 2.
 """
 import argparse
@@ -22,12 +22,16 @@ MODELS = {"translation": os.path.join(_REPO, "models", "ddtp-en-de-fp.npz"),
 
 
 def _set_threads(argv):
-    """Honour --threads before NumPy (and its BLAS) is imported."""
+    """Honour --threads: set the BLAS and OpenMP thread pools to N."""
     for i, a in enumerate(argv):
         if a == "--threads" and i + 1 < len(argv) or a.startswith("--threads="):
             n = a.split("=", 1)[1] if "=" in a else argv[i + 1]
             for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 os.environ[var] = n
+            # `import minitbt` has already loaded NumPy (and started its BLAS threads), so the
+            # variables above only reach child processes; threadpoolctl resizes the live pools.
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(int(n))
 
 
 def _train_parser(sub):

@@ -44,23 +44,27 @@ def _load(args):
     return model, tok, meta
 
 
-def _generate(model, tok, texts, args, max_src_len, max_len=64):
-    """Decode a list of texts in batches of 32; greedy when --beam 1."""
+def _generate(model, tok, texts, args, max_src_len, max_len=64, batch_size=32):
+    """Decode a list of texts; greedy when --beam 1. The texts are decoded in batches of
+    similar source length (sorted, then put back in order): a batch then wastes little on
+    padding and stops as soon as its longest output ends."""
     import numpy as np
     from minitbt.data import EOS, PAD, decode, encode
     from minitbt.decode import beam_search, greedy
-    out = []
-    ids = encode(tok, texts)
-    for lo in range(0, len(ids), 32):
-        chunk = [np.append(s[: max_src_len - 1], EOS) for s in ids[lo: lo + 32]]
-        src = np.full((len(chunk), max(len(s) for s in chunk)), PAD, dtype=np.int32)
-        for r, s in enumerate(chunk):
-            src[r, : len(s)] = s
+    ids = [np.append(s[: max_src_len - 1], EOS) for s in encode(tok, texts)]
+    order = np.argsort([len(s) for s in ids], kind="stable")
+    out = [None] * len(ids)
+    for lo in range(0, len(ids), batch_size):
+        rows = order[lo: lo + batch_size]
+        src = np.full((len(rows), max(len(ids[r]) for r in rows)), PAD, dtype=np.int32)
+        for i, r in enumerate(rows):
+            src[i, : len(ids[r])] = ids[r]
         if args.beam > 1:
             hyps = beam_search(model, src, args.beam, max_len, args.min_len, args.length_penalty)
         else:
             hyps = greedy(model, src, max_len, args.min_len)
-        out += [decode(tok, h) for h in hyps]
+        for r, h in zip(rows, hyps):
+            out[r] = decode(tok, h)
     return out
 
 

@@ -161,6 +161,34 @@ def test_cli_train_eval_translate(task, tmp_path, capsys):
     assert main(["translate", "--model", ck, "--beam", "3", "red cat"]) == 0
 
 
+def test_batched_generation_keeps_order_and_outputs(task, tmp_path):
+    """The CLI decodes in length-sorted batches; each output must be what that text gives alone."""
+    from argparse import Namespace
+    from minitbt.commands import _generate
+    train(_cfg(task, tmp_path / "b", max_steps=10, eval_every=10), quiet=True)
+    model, _ = load_model(str(tmp_path / "b" / "last.npz"))
+    tok = load_tokenizer(task)
+    texts = ["red cat runs", "a", "the big blue dog sleeps sings", "tree", "small bird sings"]
+    args = Namespace(beam=1, min_len=0)
+    batched = _generate(model, tok, texts, args, max_src_len=16, max_len=10, batch_size=2)
+    alone = [_generate(model, tok, [t], args, max_src_len=16, max_len=10)[0] for t in texts]
+    assert batched == alone
+
+
+def test_threads_flag_resizes_the_blas_pool(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "")                  # restored after the test
+    from minitbt.cli import _set_threads
+    before = threadpoolctl.threadpool_info()
+    try:
+        _set_threads(["--threads", "1", "eval"])
+        assert all(p["num_threads"] == 1 for p in threadpoolctl.threadpool_info())
+    finally:
+        for p in before:
+            threadpoolctl.threadpool_limits(p["num_threads"], user_api=p["user_api"])
+
+
 @pytest.mark.parametrize("argv, message", [
     (["translate", "--model", "nope.npz", "hello"], "not found"),
     (["eval", "--model", "nope.npz", "--task", "data/no-such-task"], "task folder not found"),

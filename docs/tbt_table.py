@@ -1,0 +1,72 @@
+"""Print the quantized tables of docs/results.md from the runs that docs/tbt_table.sh wrote.
+
+    python docs/tbt_table.py            # reads runs/<row>/test.json and runs/<row>/metrics.jsonl
+
+For each row: the test-split metric (greedy, the eval command of tbt_table.sh), its ratio to
+the FP row of the same task, the QAT steps and training minutes (validation excluded) from the
+run's last metrics line, and the validation loss there.
+"""
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = os.path.join(ROOT, "runs")
+
+TABLES = {
+    "ddtp-en-de (translation), test split, greedy": (
+        ["bleu", "chrf"],
+        [("FP (shipped)", "ddtp-fp"), ("TBT 2-2-8", "ddtp-2-2-8"), ("TBT 1-1-8", "ddtp-1-1-8"),
+         ("TBT 2-2-2", "ddtp-2-2-2"), ("TBT 1-1-1", "ddtp-1-1-1"),
+         ("TWN baseline 2-2-2", "ddtp-twn-2-2-2"), ("BWN baseline 1-1-1", "ddtp-bwn-1-1-1")]),
+    "Ablation at 2-2-2 (ddtp-en-de, test split)": (
+        ["bleu", "chrf"],
+        [("TWN weights + min-max activations (baseline)", "ddtp-twn-2-2-2"),
+         ("+ learned (elastic) activations", "ddtp-twn+elastic-2-2-2"),
+         ("+ statistics-based weights", "ddtp-stats-2-2-2"),
+         ("+ both (TBT)", "ddtp-2-2-2")]),
+    "debian-summ (summarization), test split, greedy": (
+        ["rouge1", "rouge2", "rougeL"],
+        [("FP (shipped)", "summ-fp"), ("TBT 2-2-8", "summ-2-2-8"), ("TBT 1-1-8", "summ-1-1-8"),
+         ("TBT 2-2-2", "summ-2-2-2"), ("TBT 1-1-1", "summ-1-1-1")]),
+}
+
+
+def _read(row):
+    test = os.path.join(RUNS, row, "test.json")
+    if not os.path.exists(test):
+        return None, None
+    with open(test) as f:
+        scores = json.loads(f.read().strip().splitlines()[-1])
+    last = None
+    log = os.path.join(RUNS, row, "metrics.jsonl")
+    if os.path.exists(log):
+        with open(log) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+        last = lines[-1] if lines else None
+    return scores, last
+
+
+def main():
+    for title, (keys, rows) in TABLES.items():
+        fp, _ = _read(rows[0][1].split("-")[0] + "-fp")          # ddtp-fp or summ-fp
+        print(f"\n**{title}**\n")
+        print("| model | " + " | ".join(f"{k} (ratio to FP)" for k in keys) + " | QAT steps | minutes | valid loss |")
+        print("|---" * (len(keys) + 4) + "|")
+        for label, row in rows:
+            scores, last = _read(row)
+            if scores is None:
+                print(f"| {label} | " + " | ".join("not run" for _ in keys) + " | | | |")
+                continue
+            cells = []
+            for k in keys:
+                ratio = f" ({scores[k] / fp[k]:.2f})" if fp and fp.get(k) else ""
+                cells.append(f"{scores[k]:.2f}{ratio}")
+            steps = f"{last['step']}" if last else "-"
+            minutes = f"{last['minutes']:.1f}" if last else "-"
+            vloss = f"{last['valid_loss']:.3f}" if last and "valid_loss" in last else "-"
+            print(f"| {label} | " + " | ".join(cells) + f" | {steps} | {minutes} | {vloss} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The quantized rows of docs/results.md (TBT's Tables 1 to 3), one row per argument:
+#
+#     bash docs/tbt_table.sh ddtp-2-2-8 ddtp-1-1-1          # train each row, then score it on test
+#     bash docs/tbt_table.sh list                           # the row names
+#
+# Every row starts from the shipped FP model (--init) and distils from it (--teacher), one BLAS
+# thread, as in docs/results.md. Two rows were run side by side (two processes, one thread each).
+# A row writes runs/<row>/ (checkpoints, metrics.jsonl, train.log) and runs/<row>/test.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DDTP="--preset small --task data/ddtp-en-de --teacher models/ddtp-en-de-fp.npz --init models/ddtp-en-de-fp.npz"
+SUMM="--preset small --task data/debian-summ --teacher models/debian-summ-fp.npz --init models/debian-summ-fp.npz \
+      --max-src-len 128 --max-tgt-len 32 --batch-tokens 4000"
+# A8 rows learn at 2.5e-4, A2/A1 rows at 5e-4 (their activation scales have further to move);
+# warm-up 5% of the schedule; --max-minutes caps the training time (validation excluded).
+LONG="--max-steps 1000 --warmup 50 --max-minutes 28 --eval-every 250"      # the shipped 2-2-8 and 1-1-1, and BWN
+SHORT="--max-steps 700 --warmup 35 --max-minutes 21 --eval-every 350"      # the 1-1-8 and 2-2-2 rows, the ablation
+SUMMB="--max-steps 600 --warmup 30 --max-minutes 8 --eval-every 300"       # summarization
+
+row() {
+    case "$1" in
+        ddtp-2-2-8)            echo "$DDTP --quant 2-2-8 --lr 2.5e-4 $LONG" ;;
+        ddtp-1-1-1)            echo "$DDTP --quant 1-1-1 --lr 5e-4 $LONG" ;;
+        ddtp-bwn-1-1-1)        echo "$DDTP --quant bwn-1-1-1 --lr 5e-4 $LONG" ;;
+        ddtp-1-1-8)            echo "$DDTP --quant 1-1-8 --lr 2.5e-4 $SHORT" ;;
+        ddtp-2-2-2)            echo "$DDTP --quant 2-2-2 --lr 5e-4 $SHORT" ;;
+        ddtp-twn-2-2-2)        echo "$DDTP --quant twn-2-2-2 --lr 5e-4 $SHORT" ;;
+        ddtp-twn+elastic-2-2-2) echo "$DDTP --quant twn+elastic-2-2-2 --lr 5e-4 $SHORT" ;;
+        ddtp-stats-2-2-2)      echo "$DDTP --quant stats-2-2-2 --lr 5e-4 $SHORT" ;;
+        summ-2-2-8)            echo "$SUMM --quant 2-2-8 --lr 2.5e-4 $SUMMB" ;;
+        summ-1-1-8)            echo "$SUMM --quant 1-1-8 --lr 2.5e-4 $SUMMB" ;;
+        summ-2-2-2)            echo "$SUMM --quant 2-2-2 --lr 5e-4 $SUMMB" ;;
+        summ-1-1-1)            echo "$SUMM --quant 1-1-1 --lr 5e-4 $SUMMB" ;;
+        *) return 1 ;;
+    esac
+}
+
+ROWS="ddtp-fp summ-fp ddtp-2-2-8 ddtp-1-1-1 ddtp-bwn-1-1-1 ddtp-1-1-8 ddtp-2-2-2 ddtp-twn-2-2-2 ddtp-twn+elastic-2-2-2
+      ddtp-stats-2-2-2 summ-2-2-8 summ-1-1-8 summ-2-2-2 summ-1-1-1"
+if [ "${1:-list}" = list ]; then echo $ROWS; exit 0; fi
+
+for name in "$@"; do
+    case "$name" in            # the FP rows: the shipped models, scored by the same eval command
+        ddtp-fp|summ-fp)
+            task=data/ddtp-en-de; model=models/ddtp-en-de-fp.npz
+            if [ "$name" = summ-fp ]; then task=data/debian-summ; model=models/debian-summ-fp.npz; fi
+            mkdir -p "runs/$name"
+            minitbt --threads 1 eval --model "$model" --task "$task" --split test \
+                --hyp-out "runs/$name/test.hyp" | tee "runs/$name/test.json"
+            continue ;;
+    esac
+    args=$(row "$name") || { echo "unknown row $name; rows: $ROWS" >&2; exit 2; }
+    task=$(echo "$args" | sed 's/.*--task \([^ ]*\).*/\1/')
+    mkdir -p runs
+    echo "== $name: minitbt --threads 1 train $args --out runs/$name"
+    # shellcheck disable=SC2086
+    minitbt --threads 1 train $args --out "runs/$name" > "runs/$name.train.log" 2>&1
+    minitbt --threads 1 eval --model "runs/$name/best.npz" --task "$task" --split test \
+        --hyp-out "runs/$name/test.hyp" | tee "runs/$name/test.json"
+done
