@@ -6,8 +6,8 @@
 A step = forward, cross-entropy (label smoothing 0.1, padding ignored), backward, AdamW step,
 zero_grad. Reference configuration: d_model 256, 3+3 layers, 4 heads, d_ff 1024, vocab 8000,
 batch 32, source 48 tokens, target 24 tokens, dropout 0.1, post-LN, tied embeddings, ReLU.
-The PyTorch model below is written to match minitbt's layout exactly (embedding * sqrt(d) +
-learned positions, LayerNorm on the embeddings, post-LN residual blocks, tied output).
+The PyTorch model (benchmarks/_torch_twin.py) matches minitbt's layout exactly (embedding *
+sqrt(d) + learned positions, LayerNorm on the embeddings, post-LN residual blocks, tied output).
 Both sides run on the same thread count and the same batch; the steps alternate
 (torch, minitbt, torch, minitbt, ...) after a warm-up; we report medians and their ratio.
 """
@@ -27,8 +27,6 @@ def _flags(p):
 
 # Threads are pinned (and OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset) before NumPy or PyTorch load.
 ARGS, UNSET = bench_args(__doc__, _flags)
-
-import math  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -75,86 +73,11 @@ def minitbt_step_fn(batch):
 # ---- the same model in PyTorch ---------------------------------------------------------------------
 def torch_step_fn(batch):
     import torch
-    from torch import nn
     import torch.nn.functional as tF
+    from _torch_twin import build_torch_model           # the PyTorch twin (imports torch)
 
-    d, H, V = CFG["d_model"], CFG["n_heads"], CFG["vocab_size"]
-    p_drop = CFG["dropout"]
-
-    class MHA(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-
-        def forward(self, x, mem, allowed):               # allowed: True = may attend, (B|1, 1, Tq, Tk)
-            B, Tq, _ = x.shape
-            heads = lambda t: t.view(B, -1, H, d // H).transpose(1, 2)  # noqa: E731
-            o = tF.scaled_dot_product_attention(heads(self.q(x)), heads(self.k(mem)), heads(self.v(mem)),
-                                                attn_mask=allowed)
-            return self.o(o.transpose(1, 2).reshape(B, Tq, d))
-
-    class Block(nn.Module):                               # post-LN: x = LN(x + dropout(f(x)))
-        def __init__(self, f):
-            super().__init__()
-            self.f, self.norm, self.drop = f, nn.LayerNorm(d), nn.Dropout(p_drop)
-
-        def forward(self, x, *a):
-            return self.norm(x + self.drop(self.f(x, *a)))
-
-    class FFN(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc1, self.fc2 = nn.Linear(d, CFG["d_ff"]), nn.Linear(CFG["d_ff"], d)
-
-        def forward(self, x):
-            return self.fc2(tF.relu(self.fc1(x)))
-
-    class SelfAttn(MHA):
-        def forward(self, x, allowed):
-            return super().forward(x, x, allowed)
-
-    class CrossAttn(MHA):
-        def forward(self, x, mem, allowed):
-            return super().forward(x, mem, allowed)
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(V, d)
-            self.pos = nn.Embedding(CFG["max_len"], d)
-            nn.init.normal_(self.embed.weight, std=d ** -0.5)
-            nn.init.normal_(self.pos.weight, std=0.02)
-            self.enc_norm, self.dec_norm, self.drop = nn.LayerNorm(d), nn.LayerNorm(d), nn.Dropout(p_drop)
-            self.enc = nn.ModuleList(nn.ModuleList([Block(SelfAttn()), Block(FFN())])
-                                     for _ in range(CFG["n_encoder_layers"]))
-            self.dec = nn.ModuleList(nn.ModuleList([Block(SelfAttn()), Block(CrossAttn()), Block(FFN())])
-                                     for _ in range(CFG["n_decoder_layers"]))
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.xavier_uniform_(m.weight)
-                    nn.init.zeros_(m.bias)
-
-        def emb(self, ids, norm):
-            T = ids.shape[1]
-            x = self.embed(ids) * math.sqrt(d) + self.pos(torch.arange(T))
-            return self.drop(norm(x))
-
-        def forward(self, src, tgt):
-            src_ok = (src != PAD)[:, None, None, :]                              # (B, 1, 1, S)
-            T = tgt.shape[1]
-            causal_ok = torch.ones(T, T, dtype=torch.bool).tril()[None, None]  # (1, 1, T, T)
-            tgt_ok = causal_ok & (tgt != PAD)[:, None, None, :]
-            x = self.emb(src, self.enc_norm)
-            for attn, ffn in self.enc:
-                x = ffn(attn(x, src_ok))
-            mem = x
-            y = self.emb(tgt, self.dec_norm)
-            for attn, cross, ffn in self.dec:
-                y = ffn(cross(attn(y, tgt_ok), mem, src_ok))
-            return y @ self.embed.weight.T                                       # tied output
-
-    torch.manual_seed(0)
-    model = Model().train()
+    V = CFG["vocab_size"]
+    model = build_torch_model(CFG).train()               # seeded with torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
     src, tgt_in, labels = (torch.from_numpy(a).long() for a in batch)
 
