@@ -1,7 +1,7 @@
 /*
  * minitbt/_bitops.h -- the C side of minitbt's multiplication-free kernels.
  *
- * minitbt/kernels.py holds the specification: a pure-NumPy reference for every
+ * minitbt/kernels/ holds the specification: a pure-NumPy reference for every
  * function below, the bit layouts, and the equations (docs/kernels.md explains the
  * design). This file is included by minitbt/_core.pyx, which only wraps it.
  *

@@ -1,7 +1,7 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, language_level=3
 """Compiled bit kernels: thin wrappers around the C in minitbt/_bitops.h.
 
-Do not call these directly: minitbt/kernels.py validates shapes, dtypes,
+Do not call these directly: minitbt/kernels/ validates shapes, dtypes,
 C-contiguity and padding, documents the layouts, and holds the NumPy reference
 of every kernel. The wrappers here trust their inputs, take the raw data
 pointers (cheaper than typed memoryviews: these calls can be a few

@@ -14,9 +14,25 @@ PATHS = ["ext", "numpy"] if kn.HAVE_EXT else ["numpy"]
 
 @pytest.fixture(params=PATHS)
 def path(request, monkeypatch):
+    """kn._core is the one switch every kernel reads at call time. On the NumPy path the
+    compiled functions are also replaced by ones that fail, so that a kernel which kept its
+    own reference to the compiled module cannot pass these tests on the compiled path."""
+    compiled = kn._core
     if request.param == "numpy":
         monkeypatch.setattr(kn, "_core", None)
+        if compiled is not None:
+            for name in dir(compiled):
+                if not name.startswith("_") and callable(getattr(compiled, name)):
+                    monkeypatch.setattr(compiled, name, _compiled_was_called(name))
+    else:
+        assert compiled is not None
     return request.param
+
+
+def _compiled_was_called(name):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"the NumPy path called the compiled minitbt._core.{name}")
+    return fail
 
 
 # M, K, N: edge sizes (1, K < 64, K not a multiple of 64, K = 64 w + tail) and large K

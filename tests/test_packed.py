@@ -81,6 +81,50 @@ def test_packed_linear_layers_are_exact():
     assert checked == 2 * 6 + 2 * 10                            # encoder 6 linears, decoder 10, 2 layers each
 
 
+def _levels_quantizers():
+    from minitbt.quant.activation import ElasticQuantizer, MinMaxQuantizer, PerTokenAbsMax, SymmetricA8
+    return [SymmetricA8(), PerTokenAbsMax(), MinMaxQuantizer(4), MinMaxQuantizer(2, signed=False),
+            MinMaxQuantizer(8, signed=False, clip=2.0),
+            ElasticQuantizer(2, init_scale=0.25), ElasticQuantizer(1, init_scale=0.25),
+            ElasticQuantizer(4, centre=False, init_scale=0.1), ElasticQuantizer(2, signed=False, init_scale=0.25),
+            ElasticQuantizer(3, signed=False, shift_min=True, init_scale=0.1)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("qi", range(len(_levels_quantizers())))
+def test_fast_levels_equal_codes(qi, dtype):
+    """The packed runtime's fast form of a quantizer (packed/levels.py: _levels) gives exactly
+    the quantizer's own codes, scale and offset, and exactly q(x): on random rows, an all-zero
+    row, values past the clip, and exact ties and near-ties (half-integer multiples of the step)."""
+    from minitbt.packed.levels import _fake_quant, _levels
+    from minitbt.tensor import Tensor
+    q = _levels_quantizers()[qi]
+    rng = np.random.default_rng(qi)
+    x = rng.standard_normal((8, 24)) * 2
+    x[0] = 0                                                   # max|x| = 0: every code 0
+    x[1] = 0.5 * rng.integers(-20, 21, 24) * 0.25              # exact ties on a step of 0.25 (elastic)
+    x[2] = 0.5 * rng.integers(-20, 21, 24) * 0.1               # near-ties: 0.1 is not a binary fraction
+    x[3, :] = x[2] / np.abs(x[2]).max() * 7.5                  # min-max 4-bit: max 7.5 -> step 1 + ties
+    x[4] *= 10                                                 # past every clip
+    x = x.astype(dtype)
+    r, a, off = _levels(q, x)
+    qc = q.codes(x)
+    np.testing.assert_array_equal(r, qc.codes)
+    np.testing.assert_array_equal(0 if off is None else off, np.broadcast_to(qc.offset, (8, 1)))
+    live = np.abs(x).max(axis=1) > 0                           # the scale of an all-zero row is free
+    np.testing.assert_array_equal(np.broadcast_to(a, (8, 1))[live], np.broadcast_to(qc.scale, (8, 1))[live])
+    np.testing.assert_array_equal(_fake_quant(q, x), q(Tensor(x)).data)
+
+
+def test_fast_levels_decline_what_they_do_not_cover():
+    from minitbt.packed.levels import _levels
+    from minitbt.quant.activation import ElasticQuantizer, MinMaxQuantizer
+    x = np.ones((2, 4), np.float32)
+    assert _levels(MinMaxQuantizer(8, per_token=False), x) is None       # per tensor
+    assert _levels(MinMaxQuantizer(1), x) is None                        # XNOR-Net's mean|x| scale
+    assert _levels(ElasticQuantizer(2), x) is None                       # scale not initialised yet
+
+
 def test_packed_has_no_latent_weights_and_round_trips(tmp_path):
     q, p = _models("2-2-8")
     names = set(p.state_dict())

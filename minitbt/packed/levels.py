@@ -1,7 +1,8 @@
 """Fast forms of the activation quantizers' codes for the packed runtime, and small helpers.
 
 ``_levels`` evaluates the same equations as each quantizer's ``codes`` (tie snapping included)
-with fewer NumPy calls; tests/test_packed.py checks the packed model against fake quantization."""
+with fewer NumPy calls; tests/test_packed.py checks them against ``codes`` and ``q(x)``
+(test_fast_levels_equal_codes) and the packed model against fake quantization."""
 import numpy as np
 
 from minitbt import kernels

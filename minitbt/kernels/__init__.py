@@ -1,0 +1,76 @@
+"""Multiplication-free kernels: the Python face of ``minitbt._core`` and their specification.
+
+Every kernel here comes twice:
+
+* ``<name>_ref`` -- a pure-NumPy reference. It *is* the specification: short, readable,
+  with the equation in its docstring (METHODS.md section 7; docs/kernels.md).
+* ``<name>`` -- the public function. It validates its inputs (dtype, C-contiguity, shapes,
+  the K padding rule), then runs the compiled kernel from ``minitbt._core`` if it was built,
+  else the reference. Both give the same integers (float kernels: the same sums up to
+  rounding, because the order of the additions differs).
+
+One concept per file:
+
+* ``packing.py``  -- the bit layout (value k -> bit k % 64 of word k // 64, padding bits 0)
+  and ``pack_bits``, ``pack_signs``, ``pack_ternary``, ``pack_bitplanes``;
+* ``popcount.py`` -- the popcount GEMMs (W1A1, two-set binary, k-bit planes, ternary);
+* ``int8.py``     -- ternary x int8 (W2A8 / W1A8);
+* ``signadd.py``  -- ternary x float32 with additions only;
+* ``_checks.py``  -- the input validation they share.
+
+Scales, offsets (centring) and zero-points stay outside: these kernels compute the
+integer (or sign-add) inner products only, as in METHODS.md section 7.
+
+The switch: ``kernels._core`` below is the compiled module or None, and it is the only one.
+Every public function reads it through this package at call time (``kernels._core``, never
+a copy taken at import), so setting it to None (the tests' NumPy path:
+``monkeypatch.setattr(kernels, "_core", None)``) sends every kernel to its reference.
+``MINITBT_NO_EXT=1`` forces the NumPy path from the start; ``HAVE_EXT`` tells which path
+was loaded.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+__all__ = [
+    "HAVE_EXT", "words", "pack_bits", "unpack_bits", "pack_signs", "pack_ternary",
+    "pack_bitplanes",
+    "gemm_xnor", "gemm_and_pm1", "gemm_bitplane", "gemm_bitplane_pm1", "gemm_ternary_ternary",
+    "TernaryInt8Weights", "prepare_ternary_int8", "gemm_ternary_int8",
+    "TernarySignAddWeights", "prepare_signadd", "gemm_signadd_f32", "gemv_ternary_f32",
+    "gemm_xnor_ref", "gemm_and_pm1_ref", "gemm_bitplane_ref", "gemm_bitplane_pm1_ref",
+    "gemm_ternary_ternary_ref", "gemm_ternary_int8_ref", "gemm_signadd_f32_ref",
+]
+
+
+def _load_core():
+    """The compiled module, or None and the reason it is missing."""
+    if os.environ.get("MINITBT_NO_EXT", "0") == "1":
+        return None, "MINITBT_NO_EXT=1 is set"
+    try:
+        from minitbt import _core as core
+    except ImportError as exc:
+        return None, f"minitbt._core could not be imported ({exc})"
+    if not hasattr(core, "popc_gemm"):  # a stale build of an older _core.pyx
+        return None, "minitbt._core is out of date (rebuild with `pip install -e .`)"
+    return core, ""
+
+
+_core, _why = _load_core()
+HAVE_EXT = _core is not None
+if not HAVE_EXT:
+    warnings.warn(f"minitbt.kernels: {_why}; using the NumPy reference kernels (correct, slow).",
+                  RuntimeWarning, stacklevel=2)
+
+# The public API, re-exported from the submodules (which read _core above at call time).
+from minitbt.kernels.packing import (  # noqa: E402
+    pack_bitplanes, pack_bits, pack_signs, pack_ternary, unpack_bits, words)
+from minitbt.kernels.popcount import (  # noqa: E402
+    gemm_and_pm1, gemm_and_pm1_ref, gemm_bitplane, gemm_bitplane_pm1, gemm_bitplane_pm1_ref,
+    gemm_bitplane_ref, gemm_ternary_ternary, gemm_ternary_ternary_ref, gemm_xnor, gemm_xnor_ref)
+from minitbt.kernels.int8 import (  # noqa: E402
+    TernaryInt8Weights, gemm_ternary_int8, gemm_ternary_int8_ref, prepare_ternary_int8, unpack_i2)
+from minitbt.kernels.signadd import (  # noqa: E402
+    TernarySignAddWeights, gemm_signadd_f32, gemm_signadd_f32_ref, gemv_ternary_f32,
+    prepare_signadd)
