@@ -16,8 +16,8 @@ SUMM="--preset small --task data/debian-summ --teacher models/debian-summ-fp.npz
 # A8 rows learn at 2.5e-4, A2/A1 rows at 5e-4 (their activation scales have further to move);
 # warm-up 5% of the schedule; --max-minutes caps the training time (validation excluded).
 LONG="--max-steps 1000 --warmup 50 --max-minutes 28 --eval-every 250"      # the shipped 2-2-8 and 1-1-1, and BWN
-SHORT="--max-steps 700 --warmup 35 --max-minutes 21 --eval-every 350"      # the 1-1-8 and 2-2-2 rows, the ablation
-SUMMB="--max-steps 600 --warmup 30 --max-minutes 8 --eval-every 300"       # summarization
+SHORT="--max-steps 550 --warmup 28 --max-minutes 22 --eval-every 275"      # the 1-1-8 and 2-2-2 rows, the ablation
+SUMMB="--max-steps 250 --warmup 12 --max-minutes 10 --eval-every 125"     # summarization
 
 row() {
     case "$1" in
