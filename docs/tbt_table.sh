@@ -16,8 +16,9 @@ SUMM="--preset small --task data/debian-summ --teacher models/debian-summ-fp.npz
 # A8 rows learn at 2.5e-4, A2/A1 rows at 5e-4 (their activation scales have further to move);
 # warm-up 5% of the schedule; --max-minutes caps the training time (validation excluded).
 LONG="--max-steps 1000 --warmup 50 --max-minutes 28 --eval-every 250"      # the shipped 2-2-8 and 1-1-1, and BWN
-SHORT="--max-steps 550 --warmup 28 --max-minutes 22 --eval-every 275"      # the 1-1-8 and 2-2-2 rows, the ablation
-SUMMB="--max-steps 250 --warmup 12 --max-minutes 10 --eval-every 125"     # summarization
+SHORT="--max-steps 550 --warmup 28 --max-minutes 22 --eval-every 275"      # 1-1-8, and 1-1-1 from it
+ABL="--max-steps 420 --warmup 21 --max-minutes 16 --eval-every 210"        # the four 2-2-2 rows (ablation)
+SUMMB="--max-steps 220 --warmup 11 --max-minutes 9 --eval-every 110"      # summarization
 
 row() {
     case "$1" in
@@ -25,10 +26,12 @@ row() {
         ddtp-1-1-1)            echo "$DDTP --quant 1-1-1 --lr 5e-4 $LONG" ;;
         ddtp-bwn-1-1-1)        echo "$DDTP --quant bwn-1-1-1 --lr 5e-4 $LONG" ;;
         ddtp-1-1-8)            echo "$DDTP --quant 1-1-8 --lr 2.5e-4 $SHORT" ;;
-        ddtp-2-2-2)            echo "$DDTP --quant 2-2-2 --lr 5e-4 $SHORT" ;;
-        ddtp-twn-2-2-2)        echo "$DDTP --quant twn-2-2-2 --lr 5e-4 $SHORT" ;;
-        ddtp-twn+elastic-2-2-2) echo "$DDTP --quant twn+elastic-2-2-2 --lr 5e-4 $SHORT" ;;
-        ddtp-stats-2-2-2)      echo "$DDTP --quant stats-2-2-2 --lr 5e-4 $SHORT" ;;
+        # multi-step distillation (BiT): 1-1-1 from the 1-1-8 student, which is also its teacher
+        ddtp-1-1-1-from-1-1-8) echo "--preset small --task data/ddtp-en-de --teacher runs/ddtp-1-1-8/best.npz --init runs/ddtp-1-1-8/best.npz --quant 1-1-1 --lr 5e-4 $SHORT" ;;
+        ddtp-2-2-2)            echo "$DDTP --quant 2-2-2 --lr 5e-4 $ABL" ;;
+        ddtp-twn-2-2-2)        echo "$DDTP --quant twn-2-2-2 --lr 5e-4 $ABL" ;;
+        ddtp-twn+elastic-2-2-2) echo "$DDTP --quant twn+elastic-2-2-2 --lr 5e-4 $ABL" ;;
+        ddtp-stats-2-2-2)      echo "$DDTP --quant stats-2-2-2 --lr 5e-4 $ABL" ;;
         summ-2-2-8)            echo "$SUMM --quant 2-2-8 --lr 2.5e-4 $SUMMB" ;;
         summ-1-1-8)            echo "$SUMM --quant 1-1-8 --lr 2.5e-4 $SUMMB" ;;
         summ-2-2-2)            echo "$SUMM --quant 2-2-2 --lr 5e-4 $SUMMB" ;;
@@ -37,7 +40,7 @@ row() {
     esac
 }
 
-ROWS="ddtp-fp summ-fp ddtp-2-2-8 ddtp-1-1-1 ddtp-bwn-1-1-1 ddtp-1-1-8 ddtp-2-2-2 ddtp-twn-2-2-2 ddtp-twn+elastic-2-2-2
+ROWS="ddtp-fp summ-fp ddtp-2-2-8 ddtp-1-1-1 ddtp-bwn-1-1-1 ddtp-1-1-8 ddtp-1-1-1-from-1-1-8 ddtp-2-2-2 ddtp-twn-2-2-2 ddtp-twn+elastic-2-2-2
       ddtp-stats-2-2-2 summ-2-2-8 summ-1-1-8 summ-2-2-2 summ-1-1-1"
 if [ "${1:-list}" = list ]; then echo $ROWS; exit 0; fi
 

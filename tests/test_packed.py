@@ -172,3 +172,23 @@ def test_shipped_model_packed_greedy_identical_on_50_test_sentences(spec):
         q(src[:8], src[:8, :4])                            # first-batch initialisation of learned scales
     p = pack_model(q)
     assert greedy(q, src, 40) == greedy(p, src, 40)
+
+
+QAT_SHIPPED = [os.path.join(os.path.dirname(SHIPPED), f"ddtp-en-de-{s}.npz") for s in ("2-2-8", "1-1-1")]
+
+
+@pytest.mark.parametrize("path", QAT_SHIPPED, ids=["2-2-8", "1-1-1"])
+def test_shipped_qat_model_packed_greedy_identical(path):
+    """The shipped quantization-aware-trained models (trained scales, not first-batch ones):
+    packed greedy decoding equals the fake-quantized model's on 50 test sentences (float64, as above)."""
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not shipped")
+    from minitbt.data import Seq2SeqData, load_tokenizer
+    from minitbt.model_io import load_model
+    task = os.path.join(os.path.dirname(os.path.dirname(SHIPPED)), "data", "ddtp-en-de")
+    q, meta = load_model(path)
+    assert meta["quant"] is not None, "a shipped QAT model must carry its quantization recipe"
+    q.eval().to_dtype(np.float64)
+    data = Seq2SeqData.from_task(task, "test", load_tokenizer(task), max_src_len=48, max_tgt_len=48, limit=50)
+    src = data.collate(np.arange(50)).src
+    assert greedy(q, src, 40) == greedy(pack_model(q), src, 40)
