@@ -4,7 +4,8 @@
 
 For each row: the test-split metric (greedy, the eval command of tbt_table.sh), its ratio to
 the FP row of the same task, the QAT steps and training minutes (validation excluded) from the
-run's last metrics line, and the validation loss there.
+run's last metrics line, and the validation loss of the checkpoint that was scored (best.npz:
+the validation line with the highest BLEU or ROUGE-L, at the step given in brackets).
 """
 import json
 import os
@@ -18,6 +19,7 @@ TABLES = {
         ["bleu", "chrf"],
         [("FP (shipped)", "ddtp-fp"), ("TBT 2-2-8", "ddtp-2-2-8"), ("TBT 1-1-8", "ddtp-1-1-8"),
          ("TBT 2-2-2", "ddtp-2-2-2"), ("TBT 1-1-1", "ddtp-1-1-1"),
+         ("TBT 1-1-1, two steps: FP -> 1-1-8 -> 1-1-1 (minutes of the second step)", "ddtp-1-1-1-from-1-1-8"),
          ("TWN baseline 2-2-2", "ddtp-twn-2-2-2"), ("BWN baseline 1-1-1", "ddtp-bwn-1-1-1")]),
     "Ablation at 2-2-2 (ddtp-en-de, test split)": (
         ["bleu", "chrf"],
@@ -32,29 +34,30 @@ TABLES = {
 }
 
 
-def _read(row):
+def _read(row, key):
     test = os.path.join(RUNS, row, "test.json")
     if not os.path.exists(test):
         return None, None
     with open(test) as f:
         scores = json.loads(f.read().strip().splitlines()[-1])
-    last = None
     log = os.path.join(RUNS, row, "metrics.jsonl")
-    if os.path.exists(log):
-        with open(log) as f:
-            lines = [json.loads(line) for line in f if line.strip()]
-        last = lines[-1] if lines else None
-    return scores, last
+    if not os.path.exists(log):
+        return scores, None
+    with open(log) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    best = max(lines, key=lambda r: r[key])                  # first line with the top score
+    return scores, {**best, "last_step": lines[-1]["step"], "minutes": lines[-1]["minutes"]}
 
 
 def main():
     for title, (keys, rows) in TABLES.items():
-        fp, _ = _read(rows[0][1].split("-")[0] + "-fp")          # ddtp-fp or summ-fp
+        key = "bleu" if "bleu" in keys else "rougeL"              # what best.npz was chosen by
+        fp, _ = _read(rows[0][1].split("-")[0] + "-fp", key)      # ddtp-fp or summ-fp
         print(f"\n**{title}**\n")
-        print("| model | " + " | ".join(f"{k} (ratio to FP)" for k in keys) + " | QAT steps | minutes | valid loss |")
+        print("| model | " + " | ".join(f"{k} (ratio to FP)" for k in keys) + " | QAT steps (best at) | minutes | valid loss |")
         print("|---" * (len(keys) + 4) + "|")
         for label, row in rows:
-            scores, last = _read(row)
+            scores, last = _read(row, key)
             if scores is None:
                 print(f"| {label} | " + " | ".join("not run" for _ in keys) + " | | | |")
                 continue
@@ -62,7 +65,7 @@ def main():
             for k in keys:
                 ratio = f" ({scores[k] / fp[k]:.2f})" if fp and fp.get(k) else ""
                 cells.append(f"{scores[k]:.2f}{ratio}")
-            steps = f"{last['step']}" if last else "-"
+            steps = f"{last['last_step']} ({last['step']})" if last else "-"
             minutes = f"{last['minutes']:.1f}" if last else "-"
             vloss = f"{last['valid_loss']:.3f}" if last and "valid_loss" in last else "-"
             print(f"| {label} | " + " | ".join(cells) + f" | {steps} | {minutes} | {vloss} |")
