@@ -495,3 +495,20 @@ def test_exact_ties_do_not_flip_with_last_bit_noise():
     z2[0, 1:3] *= 1 + 1e-15                                     # the two ties, off by a few ulps
     assert np.array_equal(m(Tensor(z)).data, m(Tensor(z2)).data)
     assert np.array_equal(m(Tensor(z)).data, [[0.5, 0, 0, 0]])  # the tie itself rounds half to even
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_learned_scale_below_zero_is_clamped_and_can_recover(signed):
+    """A learned scale pushed through zero by the optimizer: the forward uses max(a, SCALE_EPS)
+    (so an unsigned quantizer does not map everything to 0), and the scale still gets a gradient."""
+    from minitbt.quant.activation import SCALE_EPS, ElasticQuantizer
+    q = ElasticQuantizer(bits=1, signed=signed, init_scale=0.1)
+    q.scale.data[...] = -0.004                            # what AdamW did to 5 of 9 attention quantizers
+    x = Tensor(np.random.default_rng(0).uniform(0.0, 0.2, (3, 8)), requires_grad=True)
+    y = q(x)
+    levels = np.unique(np.abs(y.data))
+    allowed = [SCALE_EPS] if signed else [0.0, SCALE_EPS]       # the levels with a = SCALE_EPS
+    assert np.isclose(levels[:, None], allowed, rtol=1e-6, atol=0).any(axis=1).all(), levels
+    assert np.any(y.data != 0)                            # unsigned: inputs above eps/2 give eps, not 0
+    y.sum().backward()
+    assert q.scale.grad is not None and np.all(q.scale.grad != 0)

@@ -86,7 +86,7 @@ def _levels(q, x):
             xs = x - off
         else:
             xs = x
-        a = q.scale.data.astype(x.dtype, copy=False)
+        a = q._a(x)                                   # the clamped scale the forward uses
         u = xs / a
         if q.signed and q.precision == 1:
             return sign_ties(u), a, off

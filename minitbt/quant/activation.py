@@ -39,6 +39,9 @@ def _lsq_scale_grad(g, q, u, inside):
     return g * np.where(inside, q - u, q)
 
 
+SCALE_EPS = 1e-5   # the smallest learned scale used in the forward
+
+
 class _LearnedScale(Quantizer):
     """A quantizer with a learned scale ``a`` (a Parameter) initialised on the first batch.
 
@@ -59,7 +62,14 @@ class _LearnedScale(Quantizer):
             self.initialized[...] = True
 
     def _a(self, x):
-        return self.scale.data.astype(x.dtype, copy=False)
+        """The scale in use: max(a, SCALE_EPS), as the released TBT/BiT code clamps it
+        (``torch.where(alpha > eps, alpha, eps)``). The optimizer can push a learned scale
+        through zero (AdamW moves every parameter by about lr per step, and these scales are
+        ~1e-2); a negative scale on an unsigned quantizer maps every input to 0, its gradient is
+        then 0 too, and the layer is dead for good (seen on attention probabilities at 1-1-1).
+        The gradient still goes to ``scale`` unchanged (straight through the clamp), so a scale
+        that went below SCALE_EPS can come back."""
+        return np.maximum(self.scale.data, SCALE_EPS).astype(x.dtype, copy=False)
 
 
 class ElasticQuantizer(_LearnedScale):
