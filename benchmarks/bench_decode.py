@@ -73,6 +73,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 from _common import header, print_table, write_json  # noqa: E402
 from minitbt import checkpoint, kernels, packed as pk  # noqa: E402
+from minitbt.packed import layers as pk_layers, levels as pk_levels, runtime as pk_runtime  # noqa: E402
 from minitbt.data import BOS, EOS  # noqa: E402
 from minitbt.decode import greedy  # noqa: E402
 from minitbt.model_io import build_model, load_latent_fp, load_model, quantize, save_model  # noqa: E402
@@ -350,15 +351,17 @@ def breakdown(model, srcs, lean):
     """Mean ms per decoding step by component (encoder excluded)."""
     bd = Breakdown()
     if lean:
-        bd.wrap(pk, "_linear", "linear layers")
-        bd.wrap(pk.PackedLinear, "apply2d", "linear layers")
-        bd.wrap(pk, "_ternary_int8", "integer kernel")
-        bd.wrap(pk, "_levels", None)
-        bd.wrap(pk, "_self_attention", "attention")
-        bd.wrap(pk, "_cross_attention", "attention")
-        bd.wrap(pk, "_layer_norm", "LayerNorm")
-        bd.wrap(pk, "_embed", "embedding")
-        bd.wrap(pk, "_lm_head", "LM head (float)")
+        # each function is wrapped where its callers look it up (the module they import it into)
+        bd.wrap(pk_runtime, "_linear", "linear layers")
+        bd.wrap(pk_layers.PackedLinear, "apply2d", "linear layers")
+        bd.wrap(pk_layers, "_ternary_int8", "integer kernel")
+        bd.wrap(pk_layers, "_levels", None)                # in the linear layers
+        bd.wrap(pk_levels, "_levels", None)                # in _fake_quant (attention states)
+        bd.wrap(pk_runtime, "_self_attention", "attention")
+        bd.wrap(pk_runtime, "_cross_attention", "attention")
+        bd.wrap(pk_runtime, "_layer_norm", "LayerNorm")
+        bd.wrap(pk_runtime, "_embed", "embedding")
+        bd.wrap(pk_runtime, "_lm_head", "LM head (float)")
     else:
         bd.wrap(Linear, "forward", "linear layers")
         bd.wrap(MultiHeadAttention, "forward", "attention")
