@@ -14,7 +14,10 @@ cross-entropy, and even the initial weights (the torch side copies minitbt's; --
 torch's). Dropout masks and float rounding differ.
 
 Only training steps count toward --minutes (evaluation is excluded). A run stops at --minutes
-or at the preset's max_steps, whichever comes first. Every --eval-every-minutes of training
+or at the preset's max_steps, whichever comes first; the learning-rate schedule runs over
+max_steps, so a side cut by --minutes stops before its learning rate has decayed (--compare
+warns when the two sides stopped for different reasons). The torch side checks once that its
+logits equal minitbt's on the same weights (the JSON's twin_logit_gap). Every --eval-every-minutes of training
 both sides decode the first --eval-sentences validation pairs (sorted by source length, in
 batches of 32, max_len = max_tgt_len) and add a point to the curve; at the end they do it once
 more, and with --test decode the whole test split too.
@@ -26,7 +29,6 @@ import json
 import math
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import CLOCKS, bench_args, print_table  # noqa: E402  (imports no NumPy)
@@ -93,8 +95,11 @@ class TorchSide:
         torch.set_num_threads(ARGS.threads)
         self.torch, self.cfg = torch, cfg
         self.model = build_torch_model(mcfg)
+        self.parity = None
         if not own_init:                                    # start from minitbt's initial weights
-            load_minitbt_weights(self.model, build_model(**mcfg).state_dict())
+            twin = build_model(**mcfg)
+            load_minitbt_weights(self.model, twin.state_dict())
+            self.parity = self._logit_gap(twin)
         self.model.train()
         # minitbt's AdamW: its betas and eps; decoupled weight decay on >= 2-D parameters only
         defaults = inspect.signature(optim.AdamW).parameters
@@ -104,6 +109,23 @@ class TorchSide:
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=defaults["betas"].default,
                                      eps=defaults["eps"].default)
         self.params, self.n_params = params, sum(p.numel() for p in params)
+
+    def _logit_gap(self, twin) -> float:
+        """Largest |logit difference| of the two models (eval mode, same weights) on a small batch:
+        evidence that the twin computes minitbt's function, not just matches its names."""
+        import numpy as np
+        rng = np.random.default_rng(0)
+        V = twin.config.vocab_size
+        src, tgt = rng.integers(3, V, (2, 9)), rng.integers(3, V, (2, 7))
+        src[1, 6:] = 0                                      # padding, so the masks are exercised
+        twin.eval(), self.model.eval()
+        with self.torch.no_grad():
+            theirs = self.model(self.torch.from_numpy(src), self.torch.from_numpy(tgt)).numpy()
+        gap = float(np.abs(twin(src, tgt).data - theirs).max())     # (2, 7, V)
+        self.model.train()
+        if gap > 1e-3:
+            raise RuntimeError(f"the PyTorch twin's logits differ from minitbt's by {gap:.2e}")
+        return gap
 
     def step(self, batch, lr: float) -> float:
         import torch.nn.functional as tF
@@ -208,6 +230,7 @@ def run():
     out = {**info, "side": ARGS.side, "preset": ARGS.preset, "task": cfg.task, "kind": kind,
            "config": asdict(cfg), "model_config": mcfg, "parameters": side.n_params,
            "init": "torch" if ARGS.side == "torch" and ARGS.own_init else "minitbt",
+           "twin_logit_gap": getattr(side, "parity", None),
            "minutes_limit": ARGS.minutes, "stopped_by": "max_steps" if step >= cfg.max_steps else "minutes",
            "steps": step, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / max(seconds, 1e-9),
            "steps_per_min": 60 * step / max(seconds, 1e-9), "curve": curve, "final": final}
@@ -224,6 +247,9 @@ def compare(paths):
         with open(path) as f:
             runs.append(json.load(f))
     a, b = runs
+    if a.get("stopped_by") != b.get("stopped_by"):         # the schedule runs over max_steps
+        print(f"# warning: one run ended its schedule, the other was cut by --minutes "
+              f"({a['side']}: {a.get('stopped_by')}, {b['side']}: {b.get('stopped_by')})")
     for key in ("task", "preset", "config", "model_config", "minutes_limit"):
         if a.get(key) != b.get(key):
             print(f"# warning: the runs differ in {key}: {a.get(key)} vs {b.get(key)}")

@@ -6,7 +6,7 @@
 #
 # Every row starts from the shipped FP model (--init) and distils from it (--teacher), one BLAS
 # thread, as in docs/results.md. Two rows were run side by side (two processes, one thread each).
-# A row writes runs/<row>/ (checkpoints, metrics.jsonl, train.log) and runs/<row>/test.json.
+# A row writes runs/<row>/ (checkpoints, metrics.jsonl, test.json, test.hyp) and runs/<row>.train.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +55,9 @@ for name in "$@"; do
             continue ;;
     esac
     args=$(row "$name") || { echo "unknown row $name; rows: $ROWS" >&2; exit 2; }
+    if [ "$name" = ddtp-1-1-1-from-1-1-8 ] && [ ! -f runs/ddtp-1-1-8/best.npz ]; then
+        echo "row $name starts from runs/ddtp-1-1-8/best.npz: run the row ddtp-1-1-8 first" >&2; exit 2
+    fi
     task=$(echo "$args" | sed 's/.*--task \([^ ]*\).*/\1/')
     mkdir -p runs
     echo "== $name: minitbt --threads 1 train $args --out runs/$name"

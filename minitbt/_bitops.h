@@ -519,7 +519,7 @@ static int tbt_gemv_ternary_i2(const int8_t *x, int K, const uint8_t *w_i2, int 
  * 8 subset sums of (x[3g], x[3g+1], x[3g+2]) form a table T_g (7 additions, once per
  * call). A weight row then needs, per group, one look-up per plane:
  *     y[n] = sum_g T_g[i+(n, g)] - T_g[i-(n, g)],   i = 3-bit mask of the plane's bits.
- * (BiQGEMM, METHODS.md section 5; with AVX2 one vpermps looks up 8 rows at once.)
+ * (BiQGEMM, Jeon et al. 2020; with AVX2 one vpermps looks up 8 rows at once.)
  *
  * Layout "idx" (built by kernels.prepare_signadd): 8 output rows form a row block, 6
  * groups (18 inputs) a chunk. For chunk c and row block r there are 3 blocks of 32

@@ -21,17 +21,14 @@ MODELS = {"translation": os.path.join(_REPO, "models", "ddtp-en-de-fp.npz"),
           "summarization": os.path.join(_REPO, "models", "debian-summ-fp.npz")}
 
 
-def _set_threads(argv):
-    """Honour --threads: set the BLAS and OpenMP thread pools to N."""
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv) or a.startswith("--threads="):
-            n = a.split("=", 1)[1] if "=" in a else argv[i + 1]
-            for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-                os.environ[var] = n
-            # `import minitbt` has already loaded NumPy (and started its BLAS threads), so the
-            # variables above only reach child processes; threadpoolctl resizes the live pools.
-            from threadpoolctl import threadpool_limits
-            threadpool_limits(int(n))
+def _set_threads(n: int) -> None:
+    """--threads N: set the BLAS and OpenMP thread pools to N. ``import minitbt`` has already
+    loaded NumPy (and started its BLAS threads), so the environment variables only reach child
+    processes; threadpoolctl resizes the live pools."""
+    from threadpoolctl import threadpool_limits
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    threadpool_limits(n)
 
 
 def _train_parser(sub):
@@ -46,7 +43,7 @@ def _train_parser(sub):
 
 def _build_parser():
     ap = argparse.ArgumentParser(prog="minitbt", description="ternary and binary transformers in NumPy")
-    ap.add_argument("--threads", type=int, default=None, help="BLAS threads (set before NumPy starts)")
+    ap.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the BLAS's own)")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="turn train/valid/test.{source,target} files into a task folder")
@@ -94,8 +91,12 @@ def _decoding_args(p, default_model):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    _set_threads(argv)
-    args = _build_parser().parse_args(argv)
+    ap = _build_parser()
+    args = ap.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error(f"--threads must be >= 1, got {args.threads}")
+        _set_threads(args.threads)
     try:
         return _run(args)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:

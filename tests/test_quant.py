@@ -500,7 +500,8 @@ def test_exact_ties_do_not_flip_with_last_bit_noise():
 @pytest.mark.parametrize("signed", [False, True])
 def test_learned_scale_below_zero_is_clamped_and_can_recover(signed):
     """A learned scale pushed through zero by the optimizer: the forward uses max(a, SCALE_EPS)
-    (so an unsigned quantizer does not map everything to 0), and the scale still gets a gradient."""
+    (so an unsigned quantizer does not map everything to 0), the scale still gets a gradient, and
+    one SGD step on a loss that wants a larger scale moves it back up."""
     from minitbt.quant.activation import SCALE_EPS, ElasticQuantizer
     q = ElasticQuantizer(bits=1, signed=signed, init_scale=0.1)
     q.scale.data[...] = -0.004                            # what AdamW did to 5 of 9 attention quantizers
@@ -510,5 +511,10 @@ def test_learned_scale_below_zero_is_clamped_and_can_recover(signed):
     allowed = [SCALE_EPS] if signed else [0.0, SCALE_EPS]       # the levels with a = SCALE_EPS
     assert np.isclose(levels[:, None], allowed, rtol=1e-6, atol=0).any(axis=1).all(), levels
     assert np.any(y.data != 0)                            # unsigned: inputs above eps/2 give eps, not 0
-    y.sum().backward()
-    assert q.scale.grad is not None and np.all(q.scale.grad != 0)
+    target = np.sign(y.data) * 0.1                        # outputs of size 0.1 want a = 0.1
+    ((y - Tensor(target)) ** 2).sum().backward()
+    before = q.scale.data.copy()
+    from minitbt.optim import SGD
+    SGD([q.scale], lr=1e-3).step()
+    assert q.scale.grad is not None and np.all(q.scale.grad < 0)
+    assert np.all(q.scale.data > before)

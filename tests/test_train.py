@@ -161,9 +161,11 @@ def test_cli_train_eval_translate(task, tmp_path, capsys):
     assert main(["translate", "--model", ck, "--beam", "3", "red cat"]) == 0
 
 
-def test_batched_generation_keeps_order_and_outputs(task, tmp_path):
-    """The CLI decodes in length-sorted batches; each output must be what that text gives alone."""
+def test_batched_generation_keeps_order_and_outputs(task, tmp_path, monkeypatch):
+    """The CLI decodes in length-sorted batches; each output must be what that text gives alone,
+    written back in the input order."""
     from argparse import Namespace
+    import minitbt.decode
     from minitbt.commands import _generate
     train(_cfg(task, tmp_path / "b", max_steps=10, eval_every=10), quiet=True)
     model, _ = load_model(str(tmp_path / "b" / "last.npz"))
@@ -173,20 +175,28 @@ def test_batched_generation_keeps_order_and_outputs(task, tmp_path):
     batched = _generate(model, tok, texts, args, max_src_len=16, max_len=10, batch_size=2)
     alone = [_generate(model, tok, [t], args, max_src_len=16, max_len=10)[0] for t in texts]
     assert batched == alone
+    # the order itself: a "decoder" that copies its source gives back each input in its place
+    copy = lambda m, src, max_len, min_len=0: [[int(i) for i in row if i > EOS] for row in src]  # noqa: E731
+    monkeypatch.setattr(minitbt.decode, "greedy", copy)
+    assert _generate(model, tok, texts, args, max_src_len=16, max_len=10, batch_size=2) == texts
 
 
-def test_threads_flag_resizes_the_blas_pool(monkeypatch):
+def test_threads_flag_resizes_the_blas_pool(monkeypatch, capsys):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.setenv(var, "")                  # restored after the test
     from minitbt.cli import _set_threads
     before = threadpoolctl.threadpool_info()
+    assert before, "NumPy's BLAS should be visible to threadpoolctl"
     try:
-        _set_threads(["--threads", "1", "eval"])
+        _set_threads(1)
         assert all(p["num_threads"] == 1 for p in threadpoolctl.threadpool_info())
     finally:
         for p in before:
             threadpoolctl.threadpool_limits(p["num_threads"], user_api=p["user_api"])
+    with pytest.raises(SystemExit) as exc:            # argparse's error: exit status 2, a message
+        main(["--threads", "0", "translate", "hello"])
+    assert exc.value.code == 2 and "--threads must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

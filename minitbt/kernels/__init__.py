@@ -3,7 +3,7 @@
 Every kernel here comes twice:
 
 * ``<name>_ref`` -- a pure-NumPy reference. It *is* the specification: short, readable,
-  with the equation in its docstring (METHODS.md section 7; docs/kernels.md).
+  with the equation in its docstring (docs/kernels.md section 1).
 * ``<name>`` -- the public function. It validates its inputs (dtype, C-contiguity, shapes,
   the K padding rule), then runs the compiled kernel from ``minitbt._core`` if it was built,
   else the reference. Both give the same integers (float kernels: the same sums up to
@@ -19,7 +19,7 @@ One concept per file:
 * ``_checks.py``  -- the input validation they share.
 
 Scales, offsets (centring) and zero-points stay outside: these kernels compute the
-integer (or sign-add) inner products only, as in METHODS.md section 7.
+integer (or sign-add) inner products only, as in docs/kernels.md section 1.
 
 The switch: ``kernels._core`` below is the compiled module or None, and it is the only one.
 Every public function reads it through this package at call time (``kernels._core``, never

@@ -77,7 +77,7 @@ def unpack_i2(w_i2: np.ndarray, K: int) -> np.ndarray:
 def gemm_ternary_int8_ref(x: np.ndarray, weights: TernaryInt8Weights) -> np.ndarray:
     """W2A8 / W1A8: int8 activations x (M, K) times ternary codes W (N, K), exact integers.
 
-        y[m, n] = sum_k x[m, k] * W[n, k]        (BitNet b1.58, METHODS.md section 6)
+        y[m, n] = sum_k x[m, k] * W[n, k]        (BitNet b1.58, Ma et al. 2024)
 
     W holds only -1, 0, +1, so each term is +x, 0 or -x: no multiplication is needed.
     """

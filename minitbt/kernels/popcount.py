@@ -1,7 +1,7 @@
 """Popcount GEMMs: {-1,+1}, {0,1}, k-bit and ternary operands packed as bits (packing.py).
 
 The references ``gemm_*_ref`` are the specification, with the identity each kernel uses in
-its docstring (METHODS.md section 7); the public functions validate their inputs and run one
+its docstring (docs/kernels.md section 1); the public functions validate their inputs and run one
 compiled loop, ``_core.popc_gemm``, with a small coefficient table per kernel (``_coef``;
 docs/kernels.md section 4.1), or the reference when ``kernels._core`` is None.
 """
@@ -40,7 +40,7 @@ def _popc_pairs(a: np.ndarray, b: np.ndarray, op) -> np.ndarray:
 def gemm_xnor_ref(a: np.ndarray, w: np.ndarray, K: int) -> np.ndarray:
     """W1A1: a, w in {-1, +1}^K as sign bits (1 = -1).
 
-        a . w = K - 2 * popcount(a XOR w)               (METHODS.md section 7)
+        a . w = K - 2 * popcount(a XOR w)               (docs/kernels.md section 1)
 
     Equal signs contribute +1, different signs -1, and XOR marks the differing ones;
     padding bits are 0 in both operands, so their XOR is 0 and adds nothing.
@@ -51,7 +51,7 @@ def gemm_xnor_ref(a: np.ndarray, w: np.ndarray, K: int) -> np.ndarray:
 def gemm_and_pm1_ref(a: np.ndarray, w: np.ndarray, K: int) -> np.ndarray:
     """Two-set binary (BiT): a in {0, 1}^K as bits, w in {-1, +1}^K as sign bits (1 = -1).
 
-        a . w = 2 * popcount(a AND w+) - popcount(a)     (METHODS.md section 7)
+        a . w = 2 * popcount(a AND w+) - popcount(a)     (docs/kernels.md section 1)
               = popcount(a) - 2 * popcount(a AND w-)
 
     with w+ the bits where w = +1 and w- (the stored sign bits) where w = -1: every active
@@ -65,7 +65,7 @@ def gemm_bitplane_ref(a_planes: np.ndarray, w_ternary: np.ndarray, K: int) -> np
 
     a = sum_j 2^j a_j (planes ``(k, M, W)``), w = w+ - w- (``(2, N, W)`` from pack_ternary):
 
-        a . w = sum_j 2^j (popcount(a_j AND w+) - popcount(a_j AND w-))   (METHODS.md section 7)
+        a . w = sum_j 2^j (popcount(a_j AND w+) - popcount(a_j AND w-))   (docs/kernels.md section 1)
     """
     w_plus, w_minus = w_ternary
     out = np.zeros((a_planes.shape[1], w_plus.shape[0]), dtype=np.int64)

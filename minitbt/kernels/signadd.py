@@ -77,7 +77,7 @@ def gemm_signadd_f32_ref(x: np.ndarray, weights: TernarySignAddWeights) -> np.nd
     For each group g of 3 inputs, T_g[i] = sum of x[3g + t] over the set bits t of i
     (8 subset sums, 7 additions). Then, with w = w+ - w-:
 
-        y[m, n] = sum_g T_g[i+(n, g)] - T_g[i-(n, g)]      (METHODS.md section 5)
+        y[m, n] = sum_g T_g[i+(n, g)] - T_g[i-(n, g)]      (BiQGEMM, Jeon et al. 2020; docs/kernels.md)
 
     which equals sum_k x[m, k] W[n, k]. Computed here in float64, returned as float32.
     """

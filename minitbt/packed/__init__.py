@@ -12,7 +12,7 @@ computes the integer inner products with a kernel from ``minitbt.kernels``:
       = s_x s_w (c_x . c_w) + s_x o_w sum(c_x) + o_x s_w sum(c_w) + o_x o_w K + b
 
 Only ``c_x . c_w`` runs over K, in integers and without multiplications; the rest are
-per-row and per-token corrections applied outside the inner loop (METHODS.md section 7).
+per-row and per-token corrections applied outside the inner loop (docs/kernels.md section 1).
 
 The kernel follows from the codes:  activations in {-1,+1} with binary weights: XNOR-popcount;
 unsigned k-bit codes (ReLU outputs, attention-free FFN input): bit planes; signed ternary:

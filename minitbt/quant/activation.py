@@ -57,7 +57,7 @@ class _LearnedScale(Quantizer):
     def _maybe_init(self, x: np.ndarray) -> None:
         if not bool(self.initialized[0]):
             a = np.asarray(self._init_value(x), dtype=np.float64)
-            a = np.where(np.isfinite(a) & (a > 1e-8), a, 1.0)
+            a = np.where(np.isfinite(a) & (a > SCALE_EPS), a, 1.0)
             self.scale.data[...] = a
             self.initialized[...] = True
 
@@ -68,7 +68,8 @@ class _LearnedScale(Quantizer):
         ~1e-2); a negative scale on an unsigned quantizer maps every input to 0, its gradient is
         then 0 too, and the layer is dead for good (seen on attention probabilities at 1-1-1).
         The gradient still goes to ``scale`` unchanged (straight through the clamp), so a scale
-        that went below SCALE_EPS can come back."""
+        that went below SCALE_EPS can come back. Every learned-scale quantizer (TBT elastic, BiT,
+        FQT per-channel) reads its scale here."""
         return np.maximum(self.scale.data, SCALE_EPS).astype(x.dtype, copy=False)
 
 
