@@ -357,6 +357,8 @@ def breakdown(model, srcs, lean):
         bd.wrap(pk_layers, "_ternary_int8", "integer kernel")
         bd.wrap(pk_layers, "_levels", None)                # in the linear layers
         bd.wrap(pk_levels, "_levels", None)                # in _fake_quant (attention states)
+        bd.wrap(pk_layers, "_codes_i8", None)              # the compiled int8 quantizer, likewise
+        bd.wrap(pk_levels, "_codes_i8", None)
         bd.wrap(pk_runtime, "_self_attention", "attention")
         bd.wrap(pk_runtime, "_cross_attention", "attention")
         bd.wrap(pk_runtime, "_layer_norm", "LayerNorm")

@@ -9,6 +9,7 @@ microseconds long), release the GIL, and raise MemoryError if the C side
 cannot get scratch memory.
 """
 cimport numpy as cnp
+from libc.math cimport fabsf, floorf, fmaxf, fminf, rintf
 from libc.stdint cimport int8_t, int32_t, uint8_t, uint64_t
 
 cnp.import_array()
@@ -121,3 +122,43 @@ def signadd_f32(cnp.ndarray x, cnp.ndarray idx, int N, cnp.ndarray out, int thre
     with nogil:
         rc = tbt_signadd_f32(xp, M, K, ip, N, o, threads)
     _check(rc)
+
+
+def quantize_rows_i8(cnp.ndarray x, float clip, float qp, float tol, float tiny,
+                     cnp.ndarray codes, cnp.ndarray scale):
+    """Signed per-token min-max quantization of x (M, K) float32 into codes (M, K) int8 and a
+    scale (M,) float32 per row: the equations of minitbt.packed.levels._levels (SymmetricA8,
+    PerTokenAbsMax), operation for operation in float32, so the codes are identical:
+
+        X_c = clip(X, -clip, clip)   (no clip when clip <= 0)
+        a   = max(max_k |X_c| / Qp, tiny)
+        u   = X_c / a;  b = floor(u) + 1/2;  u = b if |u - b| < tol   (a near-tie snapped onto it)
+        code = rint(u)               (round half to even; |u| <= Qp, so no clip is needed)
+
+    One pass for the maximum, one for the codes; no temporaries (NumPy needs about ten calls)."""
+    cdef int M = x.shape[0], K = x.shape[1], m, k
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+    cdef int8_t *cp = <int8_t *>cnp.PyArray_DATA(codes)
+    cdef float *sp = <float *>cnp.PyArray_DATA(scale)
+    cdef const float *row
+    cdef float v, mx, a, u, b
+    with nogil:
+        for m in range(M):
+            row = xp + <size_t>m * K
+            mx = 0
+            for k in range(K):
+                v = row[k]
+                if clip > 0:
+                    v = fminf(fmaxf(v, -clip), clip)
+                mx = fmaxf(mx, fabsf(v))
+            a = fmaxf(mx / qp, tiny)
+            sp[m] = a
+            for k in range(K):
+                v = row[k]
+                if clip > 0:
+                    v = fminf(fmaxf(v, -clip), clip)
+                u = v / a
+                b = floorf(u) + 0.5
+                if fabsf(u - b) < tol:
+                    u = b
+                cp[<size_t>m * K + k] = <int8_t>rintf(u)

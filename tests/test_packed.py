@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+from minitbt import kernels
 from minitbt.checkpoint import CheckpointError
 from minitbt.decode import greedy
 from minitbt.model_io import build_model, quantize
@@ -200,3 +201,27 @@ def test_shipped_qat_model_packed_greedy_identical(path):
     data = Seq2SeqData.from_task(task, "test", load_tokenizer(task), max_src_len=48, max_tgt_len=48, limit=50)
     src = data.collate(np.arange(50)).src
     assert greedy(q, src, 40) == greedy(pack_model(q), src, 40)
+
+
+@pytest.mark.skipif(not kernels.HAVE_EXT, reason="needs the compiled kernels")
+@pytest.mark.parametrize("qi", range(4))
+def test_compiled_int8_codes_equal_levels(qi):
+    """_codes_i8 (one compiled call: minitbt._core.quantize_rows_i8) gives exactly the codes and
+    scales of _levels (the NumPy equations) for the signed per-token min-max quantizers, on
+    random shapes (M = 1 and K not a multiple of anything included), zero rows and exact ties."""
+    from minitbt.packed.levels import _codes_i8, _levels
+    from minitbt.quant.activation import MinMaxQuantizer, PerTokenAbsMax, SymmetricA8
+    q = [SymmetricA8(), PerTokenAbsMax(), MinMaxQuantizer(4), MinMaxQuantizer(2)][qi]
+    rng = np.random.default_rng(qi)
+    for t in range(100):
+        M, K = int(rng.integers(1, 9)), int(rng.integers(1, 300))
+        x = (rng.standard_normal((M, K)) * rng.choice([0.01, 1, 3, 100])).astype(np.float32)
+        if t % 5 == 0:
+            x[0] = 0
+        if t % 7 == 0:                                       # exact half-steps of the A8 grid
+            x[-1] = np.float32(0.5) * rng.integers(-40, 41, K) * np.float32(2.5 / 127)
+        r, a, _ = _levels(q, x)
+        codes, scale = _codes_i8(q, x)
+        np.testing.assert_array_equal(codes, r.astype(np.int8))
+        np.testing.assert_array_equal(scale, a)
+    assert _codes_i8(q, x.astype(np.float64)) is None        # float64 keeps the NumPy path

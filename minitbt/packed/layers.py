@@ -7,7 +7,7 @@ from minitbt.quant.activation import MinMaxQuantizer
 from minitbt.quant.base import PlaneCodes
 from minitbt.quant.layers import QuantEmbedding, QuantLinear
 from minitbt.tensor import Tensor
-from minitbt.packed.levels import _levels, _per_token, _ternary_int8, _vec
+from minitbt.packed.levels import _codes_i8, _levels, _per_token, _ternary_int8, _vec
 
 
 class PackedLinear(Module):
@@ -105,8 +105,11 @@ class PackedLinear(Module):
             q8 = self._int8_plan()
         if q8 and self.w_scale.dtype == x2.dtype:
             # the common case (8-bit per-token activations, no offsets): y = s_x s_w (c_x . c_w) + b
-            r, sx, _ = _levels(q8, x2)
-            c8 = r.astype(np.int8)
+            ca = _codes_i8(q8, x2)                                   # compiled, float32
+            if ca is None:
+                r, sx, _ = _levels(q8, x2)
+                ca = r.astype(np.int8), sx
+            c8, sx = ca
             y = np.multiply(_ternary_int8(c8, self._layouts["int8"]), sx * self.w_scale, dtype=x2.dtype)
             if self.bias is not None:
                 y += self.bias.data
