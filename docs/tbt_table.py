@@ -19,7 +19,6 @@ TABLES = {
         ["bleu", "chrf"],
         [("FP (shipped)", "ddtp-fp"), ("TBT 2-2-8", "ddtp-2-2-8"), ("TBT 1-1-8", "ddtp-1-1-8"),
          ("TBT 2-2-2", "ddtp-2-2-2"), ("TBT 1-1-1", "ddtp-1-1-1"),
-         ("TBT 1-1-1, two steps: FP -> 1-1-8 -> 1-1-1 (minutes of the second step)", "ddtp-1-1-1-from-1-1-8"),
          ("TWN baseline 2-2-2", "ddtp-twn-2-2-2"), ("BWN baseline 1-1-1", "ddtp-bwn-1-1-1")]),
     "Ablation at 2-2-2 (ddtp-en-de, test split)": (
         ["bleu", "chrf"],
