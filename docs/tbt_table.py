@@ -1,6 +1,7 @@
 """Print the quantized tables of docs/results.md from the runs that docs/tbt_table.sh wrote.
 
-    python docs/tbt_table.py            # reads runs/<row>/test.json and runs/<row>/metrics.jsonl
+    python docs/tbt_table.py                  # reads runs/<row>/test.json and runs/<row>/metrics.jsonl
+    python docs/tbt_table.py docs/runs/qat    # the copies committed with docs/results.md (<row>.test.json, ...)
 
 For each row: the test-split metric (greedy, the eval command of tbt_table.sh), its ratio to
 the FP row of the same task, the QAT steps and training minutes (validation excluded) from the
@@ -13,6 +14,12 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = os.path.join(ROOT, "runs")
+
+
+def _path(row, name):
+    """runs/<row>/<name>, or <dir>/<row>.<name> in a folder of copies."""
+    inside = os.path.join(RUNS, row, name)
+    return inside if os.path.isdir(os.path.join(RUNS, row)) else os.path.join(RUNS, f"{row}.{name}")
 
 TABLES = {
     "ddtp-en-de (translation), test split, greedy": (
@@ -34,12 +41,12 @@ TABLES = {
 
 
 def _read(row, key):
-    test = os.path.join(RUNS, row, "test.json")
+    test = _path(row, "test.json")
     if not os.path.exists(test):
         return None, None
     with open(test) as f:
         scores = json.loads(f.read().strip().splitlines()[-1])
-    log = os.path.join(RUNS, row, "metrics.jsonl")
+    log = _path(row, "metrics.jsonl")
     if not os.path.exists(log):
         return scores, None
     with open(log) as f:
@@ -48,7 +55,11 @@ def _read(row, key):
     return scores, {**best, "last_step": lines[-1]["step"], "minutes": lines[-1]["minutes"]}
 
 
-def main():
+def main(argv=None):
+    global RUNS
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        RUNS = os.path.abspath(argv[0])
     for title, (keys, rows) in TABLES.items():
         key = "bleu" if "bleu" in keys else "rougeL"              # what best.npz was chosen by
         fp, _ = _read(rows[0][1].split("-")[0] + "-fp", key)      # ddtp-fp or summ-fp
