@@ -65,10 +65,10 @@ class _LearnedScale(Quantizer):
         """The scale in use: max(a, SCALE_EPS), as the released TBT/BiT code clamps it
         (``torch.where(alpha > eps, alpha, eps)``). The optimizer can push a learned scale
         through zero (AdamW moves every parameter by about lr per step, and these scales are
-        ~1e-2); a negative scale on an unsigned quantizer maps every input to 0, its gradient is
-        then 0 too, and the layer is dead for good (seen on attention probabilities at 1-1-1).
-        The gradient still goes to ``scale`` unchanged (straight through the clamp), so a scale
-        that went below SCALE_EPS can come back. Every learned-scale quantizer (TBT elastic, BiT,
+        ~1e-2); unclamped, a negative scale on an unsigned quantizer maps every input to 0 and
+        its gradient is 0 too, so it could never come back. The gradient goes to ``scale``
+        unchanged (straight through the clamp), so a scale below SCALE_EPS can come back if the
+        loss wants it (at 1-1-1 it does not: docs/results.md). Every learned-scale quantizer (TBT elastic, BiT,
         FQT per-channel) reads its scale here."""
         return np.maximum(self.scale.data, SCALE_EPS).astype(x.dtype, copy=False)
 
