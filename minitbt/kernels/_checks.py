@@ -28,6 +28,15 @@ def _check_array(name, arr, dtype, ndim):
     return arr
 
 
+def _check_prepared(x, weights, kind, dtype, maker: str) -> None:
+    """Activations x (M, K) of ``dtype`` against weights prepared by ``maker`` (a ``kind``)."""
+    if not isinstance(weights, kind):
+        raise TypeError(f"weights must come from {maker}(codes)")
+    _check_array("x", x, dtype, 2)
+    if x.shape[1] != weights.K:
+        raise ValueError(f"x has K={x.shape[1]} columns but the weights have K={weights.K}")
+
+
 def _check_packed(name, arr, ndim, K):
     """uint64, C-contiguous, `ndim`-D, ceil(K/64) words, padding bits past K equal to 0."""
     _check_array(name, arr, np.uint64, ndim)

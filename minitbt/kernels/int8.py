@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minitbt import kernels                     # kernels._core: the one switch, read at call time
-from minitbt.kernels._checks import _check_array, _check_threads
+from minitbt.kernels._checks import _check_prepared, _check_threads
 from minitbt.kernels.packing import _check_codes
 
 
@@ -91,11 +91,7 @@ def gemm_ternary_int8(x: np.ndarray, weights: TernaryInt8Weights, *,
     One or two rows (decoding) use the 2-bit layout; more rows use the int8 layout.
     See gemm_ternary_int8_ref for the equation.
     """
-    if not isinstance(weights, TernaryInt8Weights):
-        raise TypeError("weights must come from prepare_ternary_int8(codes)")
-    _check_array("x", x, np.int8, 2)
-    if x.shape[1] != weights.K:
-        raise ValueError(f"x has K={x.shape[1]} columns but the weights have K={weights.K}")
+    _check_prepared(x, weights, TernaryInt8Weights, np.int8, "prepare_ternary_int8")
     threads = _check_threads(threads)
     if kernels._core is None:
         return gemm_ternary_int8_ref(x, weights)

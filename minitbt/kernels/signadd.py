@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minitbt import kernels                     # kernels._core: the one switch, read at call time
-from minitbt.kernels._checks import _check_array, _check_threads
+from minitbt.kernels._checks import _check_prepared, _check_threads
 from minitbt.kernels.packing import _check_codes
 
 
@@ -103,11 +103,7 @@ def gemm_signadd_f32(x: np.ndarray, weights: TernarySignAddWeights, *,
     Aimed at batch-1 decoding (M = 1); rows are processed one after the other.
     See gemm_signadd_f32_ref for the equation.
     """
-    if not isinstance(weights, TernarySignAddWeights):
-        raise TypeError("weights must come from prepare_signadd(codes)")
-    _check_array("x", x, np.float32, 2)
-    if x.shape[1] != weights.K:
-        raise ValueError(f"x has K={x.shape[1]} columns but the weights have K={weights.K}")
+    _check_prepared(x, weights, TernarySignAddWeights, np.float32, "prepare_signadd")
     threads = _check_threads(threads)
     if kernels._core is None:
         return gemm_signadd_f32_ref(x, weights)
