@@ -1,4 +1,4 @@
-"""Helpers shared by minitbt's benchmark scripts (the rules live in BENCHMARKS.md).
+"""Helpers shared by minitbt's benchmark scripts (the rules live in docs/benchmark-rules.md).
 
 A benchmark script starts like this, *before* anything imports NumPy, because the BLAS
 reads its thread count when it is loaded:
@@ -24,7 +24,7 @@ import time
 import warnings
 
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
-# Some of these machines set these; they slow current NumPy/OpenBLAS (BENCHMARKS.md).
+# Some of these machines set these; they slow current NumPy/OpenBLAS (docs/benchmark-rules.md).
 SLOW_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 

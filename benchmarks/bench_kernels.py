@@ -1,4 +1,4 @@
-"""minitbt's bit kernels against NumPy float32 matmul of the same shape (BENCHMARKS.md).
+"""minitbt's bit kernels against NumPy float32 matmul of the same shape (docs/benchmark-rules.md).
 
     python benchmarks/bench_kernels.py                      # all shapes, 1 thread
     python benchmarks/bench_kernels.py --quick              # 3 GEMM shapes + the 2 GEMVs

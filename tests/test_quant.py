@@ -1,7 +1,7 @@
 """Tests of the quantizers in minitbt.quant: forward value sets and equations, pseudo-gradients
 (including the learned scale and offset), integer codes, per-token (causal) statistics.
 
-Every reference below is written out independently from METHODS.md's equations with plain
+Every reference below is written out independently from the equations of docs/methods.md with plain
 NumPy; nothing calls the package's own helpers to compute an expected value.
 """
 import os
@@ -220,7 +220,7 @@ def test_lat_weights():
 
 # ---- activation quantizers -------------------------------------------------------------
 def ref_elastic(x, a, bits, signed, centre=True, shift_min=False):
-    """(X_q, dX_q/dX, dX_q/da) from METHODS §1, written out."""
+    """(X_q, dX_q/dX, dX_q/da) from docs/methods.md section 1, written out."""
     off = 0.0
     if signed:
         xs = x - x.mean(axis=-1, keepdims=True) if centre else x

@@ -25,7 +25,7 @@ and a method that picks the quantizer families:
 The ablation of TBT (Table "2-2-2", CNN/DM R1 12.92 -> 13.34 -> 19.34 -> 41.03) is ``ABLATIONS["2-2-2"]``:
 twn-2-2-2 (baseline), twn+elastic-2-2-2, stats-2-2-2, tbt-2-2-2 (= "2-2-2"); at 1-1-1 with bwn.
 
-Placement (TBT, METHODS §1), applied by ``quantize_model`` to a Seq2SeqTransformer:
+Placement (TBT, docs/methods.md section 1), applied by ``quantize_model`` to a Seq2SeqTransformer:
 - Q, K, V, O projections and FFN fc1, fc2: weights (W bits) and their inputs (A bits, signed;
   fc2's input after the ReLU: unsigned) -> QuantLinear
 - the token embedding, per row (E bits) -> QuantEmbedding; its ``.weight`` stays the latent FP
