@@ -26,10 +26,13 @@ class CheckpointError(ValueError):
 
 
 def save(path: str, model_state: dict, meta: dict, optim_state: dict = None, half: bool = False) -> None:
-    """Atomically write a checkpoint to ``path``."""
+    """Atomically write a checkpoint to ``path``. Non-finite weights are refused: NaN never
+    becomes a checkpoint."""
     arrays = {}
     for name, arr in model_state.items():
         arr = np.asarray(arr)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise CheckpointError(f"not saving {path}: weight {name!r} holds non-finite values (NaN or inf)")
         arrays[f"model/{name}"] = arr.astype(np.float16) if half and arr.dtype == np.float32 else arr
     scalars = {}
     for name, val in (optim_state or {}).items():
@@ -58,16 +61,34 @@ def save(path: str, model_state: dict, meta: dict, optim_state: dict = None, hal
         raise
 
 
+def clean_stale_temporaries(directory: str) -> list:
+    """Remove the ``.tmp-*.npz`` files that a save killed mid-write (SIGKILL, power loss) left
+    in ``directory``; returns their names. Called when a run starts or resumes there."""
+    if not os.path.isdir(directory):
+        return []
+    stale = [n for n in os.listdir(directory) if n.startswith(".tmp-") and n.endswith(".npz")]
+    for name in stale:
+        os.remove(os.path.join(directory, name))
+    return stale
+
+
 def load(path: str):
-    """Read a checkpoint: returns (model_state, meta, optim_state). Arrays come back as float32."""
+    """Read a checkpoint: returns (model_state, meta, optim_state). Arrays come back as float32.
+
+    Refused with a CheckpointError: a file that is not an .npz archive, a truncated one, one
+    without a JSON header object, and weights that are not finite (a diverged run)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    with open(path, "rb") as f:
+        raw = f.read()
+    if not raw.startswith(b"PK"):                         # every .npz is a zip archive
+        raise CheckpointError(f"{path} is not a minitbt checkpoint (not an .npz archive: corrupt or truncated, or another kind of file)")
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
         with np.load(io.BytesIO(raw), allow_pickle=False) as z:
             files = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, NotImplementedError) as exc:
         raise CheckpointError(f"{path} is not a readable minitbt checkpoint (corrupt or truncated?): {exc}") from None
     if "__meta__" not in files:
         raise CheckpointError(f"{path} is an .npz file but not a minitbt checkpoint (no __meta__ entry)")
@@ -75,12 +96,20 @@ def load(path: str):
         meta = json.loads(files.pop("__meta__").tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: corrupt checkpoint header: {exc}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: corrupt checkpoint header: a JSON object expected, got {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
-    model_state, optim_state = {}, dict(meta.pop("optim_scalars", {}))
+    scalars = meta.pop("optim_scalars", {})
+    if not isinstance(scalars, dict):
+        raise CheckpointError(f"{path}: corrupt checkpoint header: optim_scalars must be an object")
+    model_state, optim_state = {}, dict(scalars)
     for key, arr in files.items():
         kind, _, name = key.partition("/")
         if kind == "model":
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise CheckpointError(f"{path}: weight {name!r} holds non-finite values (NaN or inf): "
+                                      f"the run that wrote it diverged; use an earlier checkpoint")
             model_state[name] = arr.astype(np.float32) if arr.dtype == np.float16 else arr
         elif kind == "optim":
             optim_state[name] = arr

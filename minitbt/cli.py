@@ -9,7 +9,9 @@
     minitbt export    --model CKPT --out model.npz [--half] [--packed]
 
 ``--threads N`` sets the BLAS thread count. Errors in the input (a missing
-file, an unknown task, an empty text, a corrupt checkpoint) end with a one-line message and exit 2.
+file, an unknown task, an empty text, a corrupt checkpoint, a bad option value, an output path
+that cannot be written) end with a one-line message and exit 2; Ctrl-C ends with one line and
+exit 130. docs/training.md lists what is checked.
 """
 import argparse
 import os
@@ -34,8 +36,10 @@ def _set_threads(n: int) -> None:
 def _train_parser(sub):
     from minitbt.train import TrainConfig
     p = sub.add_parser("train", help="train a model (full precision, or quantization-aware with --quant)")
-    p.add_argument("--preset", default="tiny", help="tiny, small or test (flags below override it)")
-    p.add_argument("--resume", action="store_true", help="continue <out>/last.npz exactly")
+    p.add_argument("--preset", default=None, help="tiny (the default), small or test (flags below override it)")
+    p.add_argument("--resume", action="store_true", help="continue <out>/last.npz exactly, with its settings")
+    p.add_argument("--allow-change", default="", metavar="NAME[,NAME]",
+                   help="with --resume: settings that may differ from the checkpoint's (e.g. max_steps)")
     for f in fields(TrainConfig):
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=None)
     return p
@@ -51,6 +55,7 @@ def _build_parser():
     p.add_argument("--out", required=True)
     p.add_argument("--kind", choices=["translation", "summarization"], default="translation")
     p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--force", action="store_true", help="replace an existing task folder at --out")
 
     _train_parser(sub)
 
@@ -99,9 +104,16 @@ def main(argv=None):
         _set_threads(args.threads)
     try:
         return _run(args)
+    except KeyboardInterrupt:
+        print(f"minitbt {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
-        msg = exc.args[0] if exc.args else str(exc)
+        msg = str(exc.args[0] if exc.args else exc).strip().replace("\n", "; ")
         print(f"minitbt {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as exc:           # a full disk, a file that vanished, a permission denied
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"minitbt {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
 
 

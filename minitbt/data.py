@@ -23,11 +23,24 @@ def load_tokenizer(task_dir: str):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no tokenizer at {path}: is {task_dir!r} a task folder? "
                                 f"(make one with `minitbt prepare`)")
-    tok = Tokenizer.from_file(path)
+    try:
+        tok = Tokenizer.from_file(path)
+    except Exception as exc:           # the tokenizers library raises its own Exception subclasses
+        raise ValueError(f"{path} is not a valid tokenizer.json ({str(exc).splitlines()[0][:120]})") from None
+    return check_specials(tok, path)
+
+
+def check_specials(tok, where: str):
+    """The special tokens every minitbt tokenizer has: <pad>=0 <bos>=1 <eos>=2 <unk>=3."""
     specials = [tok.token_to_id(s) for s in ("<pad>", "<bos>", "<eos>", "<unk>")]
     if specials != [PAD, BOS, EOS, UNK]:
-        raise ValueError(f"{path}: special tokens must be <pad>=0 <bos>=1 <eos>=2 <unk>=3, got {specials}")
+        raise ValueError(f"{where}: special tokens must be <pad>=0 <bos>=1 <eos>=2 <unk>=3, got {specials}")
     return tok
+
+
+def same_tokenizer(a, b) -> bool:
+    """Do two tokenizers map the same tokens to the same ids (and split text the same way)?"""
+    return a.get_vocab() == b.get_vocab() and a.to_str() == b.to_str()
 
 
 def encode(tokenizer, texts) -> list:

@@ -7,6 +7,8 @@ A task folder (the shipped ones are data/ddtp-en-de and data/debian-summ):
 """
 import gzip
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -29,8 +31,13 @@ def write_lines(path, lines):
 def read_lines(path):
     """Read a one-example-per-line text file, plain or .gz (only "\\n" ends a line)."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        text = f.read().decode("utf-8")
+    try:
+        with opener(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    except (gzip.BadGzipFile, EOFError) as exc:
+        raise ValueError(f"{path} is not a readable gzip file (corrupt or truncated): {exc}") from None
     return text[:-1].split("\n") if text.endswith("\n") else text.split("\n") if text else []
 
 
@@ -82,13 +89,14 @@ def stats_table(task_dir):
     return "\n".join(rows)
 
 
-def write_task(out_dir, splits, vocab_size=8000, kind=None):
+def write_task(out_dir, splits, vocab_size=8000, kind=None, name=None):
     """Write {split: (sources, targets)} as <out_dir>/<split>.{source,target}.gz, train one
     joint tokenizer.json on both sides of the train split (the model shares one embedding),
     and, when ``kind`` is given, task.json."""
     os.makedirs(out_dir, exist_ok=True)
     for split, (src, tgt) in splits.items():
-        assert len(src) == len(tgt), f"{split}: {len(src)} sources vs {len(tgt)} targets"
+        if len(src) != len(tgt):
+            raise ValueError(f"{split}: {len(src)} sources but {len(tgt)} targets")
         write_lines(os.path.join(out_dir, f"{split}.source.gz"), src)
         write_lines(os.path.join(out_dir, f"{split}.target.gz"), tgt)
     src, tgt = splits["train"]
@@ -96,15 +104,28 @@ def write_task(out_dir, splits, vocab_size=8000, kind=None):
     if kind is not None:
         import json
         with open(os.path.join(out_dir, "task.json"), "w", encoding="utf-8") as f:
-            json.dump({"name": os.path.basename(os.path.normpath(out_dir)), "kind": kind}, f)
+            json.dump({"name": name or os.path.basename(os.path.normpath(out_dir)), "kind": kind}, f)
 
 
-def prepare_user_task(src_dir, out_dir, kind="translation", vocab_size=8000, seed=0):
+def prepare_user_task(src_dir, out_dir, kind="translation", vocab_size=8000, seed=0, force=False):
     """Prepare a user's own parallel text for minitbt.
 
     `src_dir` holds train.source/train.target and optionally valid.* and test.* (plain or
     .gz, one example per line). A missing valid or test split is carved out of train
-    (5% each, seeded by line). Writes the shipped layout (see `write_task`) to `out_dir`."""
+    (5% each, seeded by line). Writes the shipped layout (see `write_task`) to `out_dir`.
+
+    Safe by construction: the two sides of every split must have the same number of lines (else
+    a ValueError names both files and counts); the task is built in a temporary folder beside
+    `out_dir` and renamed into place only when complete, so an error or Ctrl-C leaves no
+    half-written task; an existing `out_dir` is replaced only with ``force=True``."""
+    if not os.path.isdir(src_dir):
+        raise FileNotFoundError(f"input folder not found: {src_dir}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"--out {out_dir} exists and is not a folder")
+    if os.path.exists(out_dir) and not force:
+        raise FileExistsError(f"{out_dir} exists: pass --force to replace it, or choose another --out")
+    if vocab_size < len(SPECIALS) + 1:
+        raise ValueError(f"--vocab-size must be at least {len(SPECIALS) + 1}, got {vocab_size}")
     def find(split, side):
         for name in (f"{split}.{side}", f"{split}.{side}.gz"):
             if os.path.exists(os.path.join(src_dir, name)):
@@ -115,10 +136,19 @@ def prepare_user_task(src_dir, out_dir, kind="translation", vocab_size=8000, see
     for split in SPLITS:
         paths = find(split, "source"), find(split, "target")
         if None not in paths:
-            splits[split] = tuple([norm(s) for s in read_lines(p)] for p in paths)
+            src, tgt = ([norm(s) for s in read_lines(p)] for p in paths)
+            if len(src) != len(tgt):
+                raise ValueError(f"{paths[0]} has {len(src)} lines but {paths[1]} has {len(tgt)}: "
+                                 f"line i of one must be the pair of line i of the other")
+            splits[split] = src, tgt
+        elif paths != (None, None):
+            raise FileNotFoundError(f"{src_dir}: {split} has {os.path.basename(paths[0] or paths[1])} "
+                                    f"but no {split}.{'target' if paths[0] else 'source'}")
         elif split == "train":
             raise FileNotFoundError(f"{src_dir} needs train.source and train.target (.gz ok)")
     src, tgt = splits["train"]
+    if len(src) < 3:
+        raise ValueError(f"{src_dir}: train has {len(src)} pairs; at least 3 are needed")
     order = np.random.default_rng(seed).permutation(len(src))
     n_held = int(round(0.05 * len(src)))
     held = {}
@@ -128,8 +158,31 @@ def prepare_user_task(src_dir, out_dir, kind="translation", vocab_size=8000, see
             splits[split] = ([src[i] for i in held[split]], [tgt[i] for i in held[split]])
     keep = sorted(order)
     splits["train"] = ([src[i] for i in keep], [tgt[i] for i in keep])
-    write_task(out_dir, splits, vocab_size, kind)
+    for split, (s, _) in splits.items():
+        if not s:
+            raise ValueError(f"{src_dir}: the {split} split would be empty; give more pairs or a {split} file")
+    out_dir = os.path.normpath(out_dir)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(out_dir)}-", dir=parent)
+    try:
+        write_task(tmp, splits, vocab_size, kind, name=os.path.basename(out_dir))
+        _swap_into_place(tmp, out_dir)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
     return {split: len(s) for split, (s, _) in splits.items()}
+
+
+def _swap_into_place(new_dir, out_dir):
+    """Rename the finished folder to ``out_dir``; an old one is moved aside first, removed after."""
+    old = None
+    if os.path.exists(out_dir):
+        old = os.path.join(os.path.dirname(os.path.abspath(out_dir)), f".old-{os.path.basename(out_dir)}-{os.getpid()}")
+        os.rename(out_dir, old)
+    os.rename(new_dir, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def task_info(task_dir: str) -> dict:

@@ -2,11 +2,16 @@
 
 A checkpoint's header says what to rebuild: the TransformerConfig and, for a quantization-aware
 model, its recipe and method; then the saved arrays are loaded with full shape checks.
+The header is checked against a schema first (``validate_meta``): every field of the configs
+by name and type, the recipe's families, the tokenizer, the task. A header that fails any of
+these is a CheckpointError naming the field, never a crash later.
 """
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 from minitbt import checkpoint
 from minitbt.nn import Seq2SeqTransformer, TransformerConfig
+
+CheckpointError = checkpoint.CheckpointError
 
 
 def build_model(**config) -> Seq2SeqTransformer:
@@ -22,10 +27,116 @@ def quantize(model, recipe, method: str = None):
     return quantize_model(model, recipe, method=method or None)
 
 
+def _quantizer_sites(model) -> dict:
+    """{site: class and settings} of every quantizer in ``model``, as ``describe`` lists them."""
+    from minitbt.quant import describe
+    return {r["site"]: r["quantizer"] for r in describe(model)}
+
+
 def model_meta(model) -> dict:
-    """What a checkpoint header needs to rebuild ``model``: its config and quantization recipe."""
+    """What a checkpoint header needs to rebuild ``model``: its config and quantization recipe.
+
+    A header holds the recipe as plain fields, so a model can be saved only if its recipe
+    rebuilds exactly its quantizers. One with a quantizer set by hand (a class of the user's
+    own, or other options) is refused here rather than coming back different after loading."""
     recipe = getattr(model, "quant_recipe", None)
+    rebuilt = Seq2SeqTransformer(TransformerConfig.from_dict(model.config.to_dict()))
+    if recipe is not None:
+        rebuilt = quantize(rebuilt, recipe)
+    have, want = _quantizer_sites(model), _quantizer_sites(rebuilt)
+    for site in sorted(set(have) | set(want)):
+        if have.get(site) != want.get(site):
+            raise ValueError(f"cannot save this model: {site} has {have.get(site, 'nothing')} but its recipe "
+                             f"({recipe.name if recipe is not None else 'full precision'}) rebuilds "
+                             f"{want.get(site, 'nothing')}; a checkpoint stores only the recipe, so the model "
+                             f"would come back different")
     return {"model_config": model.config.to_dict(), "quant": asdict(recipe) if recipe is not None else None}
+
+
+# ---- the header's schema ------------------------------------------------------------------------
+_NULLABLE = {"a8_clip"}          # QuantRecipe.a8_clip = None means "no clipping"
+
+
+def _typed(value, default) -> bool:
+    """Does a JSON value have the type of a dataclass field's default?"""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, type(default))
+
+
+def config_from_header(cls, d, what: str, where: str):
+    """Build dataclass ``cls`` from a header's dict ``d``: unknown fields, wrong types and values
+    its constructor refuses are each a CheckpointError naming the field."""
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{where}: {what} must be a JSON object, got {type(d).__name__}")
+    defaults = cls()
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise CheckpointError(f"{where}: unknown {what} field(s) {unknown}")
+    for key, value in d.items():
+        default = getattr(defaults, key)
+        if not (_typed(value, default) or (value is None and key in _NULLABLE)):
+            raise CheckpointError(f"{where}: {what}.{key} must be {type(default).__name__}, got {value!r}")
+    try:
+        return cls(**d)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: bad {what}: {exc}") from None
+
+
+def validate_meta(meta: dict, where: str) -> dict:
+    """Check a checkpoint header against its schema; returns it unchanged or raises CheckpointError."""
+    from minitbt.quant import QuantRecipe
+    from minitbt.train import TrainConfig
+    if "model_config" not in meta:
+        raise CheckpointError(f"{where}: checkpoint header has no model_config")
+    config_from_header(TransformerConfig, meta["model_config"], "model_config", where)
+    if meta.get("quant") is not None:
+        config_from_header(QuantRecipe, meta["quant"], "quant", where)
+    if "train_config" in meta:
+        cfg = config_from_header(TrainConfig, meta["train_config"], "train_config", where)
+        try:
+            cfg.validate()
+        except ValueError as exc:
+            raise CheckpointError(f"{where}: bad train_config: {exc}") from None
+    if "task" in meta:
+        task = meta["task"]
+        if not (isinstance(task, dict) and isinstance(task.get("name"), str)
+                and task.get("kind") in ("translation", "summarization")):
+            raise CheckpointError(f"{where}: task must be {{'name': str, 'kind': 'translation' | "
+                                  f"'summarization'}}, got {task!r}")
+    if "train_state" in meta and not isinstance(meta["train_state"], dict):
+        raise CheckpointError(f"{where}: train_state must be a JSON object")
+    if not isinstance(meta.get("packed", False), bool):
+        raise CheckpointError(f"{where}: packed must be true or false")
+    if meta.get("tokenizer") is not None:
+        tokenizer_from_header(meta, where)
+    return meta
+
+
+def tokenizer_from_header(meta: dict, where: str):
+    """The BPE tokenizer a checkpoint carries, or None; a garbage one is a CheckpointError."""
+    from tokenizers import Tokenizer
+    from minitbt.data import check_specials
+    text = meta.get("tokenizer")
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise CheckpointError(f"{where}: tokenizer must be a JSON string (a tokenizer.json), got {type(text).__name__}")
+    try:
+        tok = Tokenizer.from_str(text)
+    except Exception as exc:           # the tokenizers library raises its own Exception subclasses
+        raise CheckpointError(f"{where}: the tokenizer in the header is not a valid tokenizer.json "
+                              f"({str(exc).splitlines()[0][:120]})") from None
+    try:
+        check_specials(tok, where)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    return tok
 
 
 def save_model(path: str, model, half: bool = False, **extra_meta) -> None:
@@ -36,12 +147,11 @@ def save_model(path: str, model, half: bool = False, **extra_meta) -> None:
 def load_model(path: str, with_optimizer: bool = False):
     """Rebuild the model saved at ``path``: returns (model, meta) or (model, meta, optimizer_state)."""
     state, meta, optim_state = checkpoint.load(path)
-    if "model_config" not in meta:
-        raise checkpoint.CheckpointError(f"{path}: checkpoint header has no model_config")
-    try:
-        model = Seq2SeqTransformer(TransformerConfig.from_dict(meta["model_config"]))
-    except (TypeError, ValueError) as exc:
-        raise checkpoint.CheckpointError(f"{path}: bad model_config in checkpoint: {exc}") from None
+    validate_meta(meta, path)
+    if meta.get("packed"):
+        raise CheckpointError(f"{path} is a packed model: load it with minitbt.packed.load_packed "
+                              f"(the CLI: --packed)")
+    model = Seq2SeqTransformer(TransformerConfig.from_dict(meta["model_config"]))
     if meta.get("quant"):
         model = quantize(model, meta["quant"])
     try:
@@ -52,11 +162,15 @@ def load_model(path: str, with_optimizer: bool = False):
     return (model, meta, optim_state) if with_optimizer else (model, meta)
 
 
-def load_latent_fp(path: str) -> Seq2SeqTransformer:
+def load_latent_fp(path: str, with_meta: bool = False):
     """The full-precision model behind any checkpoint: for a quantized one, its latent float
     weights (quantizer scales dropped), e.g. to start the next stage of multi-step distillation."""
     state, meta, _ = checkpoint.load(path)
+    validate_meta(meta, path)
     model = Seq2SeqTransformer(TransformerConfig.from_dict(meta["model_config"]))
     fp_names = set(model.state_dict())
-    model.load_state_dict({k: v for k, v in state.items() if k in fp_names})
-    return model
+    try:
+        model.load_state_dict({k: v for k, v in state.items() if k in fp_names})
+    except ValueError as exc:
+        raise CheckpointError(f"{path} does not fit the model it describes:\n{exc}") from None
+    return (model, meta) if with_meta else model

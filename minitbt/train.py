@@ -9,7 +9,9 @@ configs, the step, the position in the epoch and the dropout RNG, so ``--resume`
 bit for bit. Every validation appends a line to ``<out>/metrics.jsonl``.
 """
 import json
+import math
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -17,10 +19,11 @@ import numpy as np
 
 from minitbt import checkpoint, metrics, optim
 from minitbt import functional as F
-from minitbt.data import PAD, Seq2SeqData, decode, load_tokenizer
+from minitbt.data import PAD, Seq2SeqData, decode, load_tokenizer, same_tokenizer
 from minitbt.datasets import task_info
 from minitbt.decode import greedy
-from minitbt.model_io import build_model, load_latent_fp, load_model, model_meta, quantize
+from minitbt.model_io import (build_model, load_latent_fp, load_model, model_meta, quantize,
+                              tokenizer_from_header)
 from minitbt.tensor import no_grad
 
 
@@ -59,6 +62,38 @@ class TrainConfig:
     kd_logits: float = 1.0
     kd_hidden: float = 1.0
     kd_attn: float = 1.0
+
+    def validate(self) -> "TrainConfig":
+        """Refuse, before any work, a setting that cannot train: a ValueError naming the option."""
+        def need(ok, name, rule):
+            if not ok:
+                raise ValueError(f"--{name.replace('_', '-')} {rule}, got {getattr(self, name)!r}")
+        for name in ("d_model", "n_heads", "d_ff", "n_layers", "max_src_len", "max_tgt_len",
+                     "batch_tokens", "max_steps", "eval_every", "log_every"):
+            need(getattr(self, name) >= 1, name, "must be >= 1")
+        need(self.warmup >= 0, "warmup", "must be >= 0")
+        need(self.eval_sentences >= 0, "eval_sentences", "must be >= 0")
+        need(math.isfinite(self.lr) and self.lr > 0, "lr", "must be a positive number")
+        for name in ("weight_decay", "clip", "max_minutes", "kd_logits", "kd_hidden", "kd_attn"):
+            need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "must be a number >= 0")
+        need(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        need(self.decay in ("linear", "cosine", "constant"), "decay", "must be linear, cosine or constant")
+        need(self.d_model % self.n_heads == 0, "d_model", f"must be divisible by --n-heads {self.n_heads}")
+        need(bool(self.task), "task", "must name a task folder")
+        need(bool(self.out), "out", "must name an output folder")
+        if self.quant:
+            from minitbt.quant import QuantRecipe
+            QuantRecipe.parse(self.quant, self.method or None)    # an unknown recipe fails here
+        else:
+            need(not self.method, "method", "needs --quant")
+        return self
+
+
+# What --resume lets change without being asked: none of these alter the weights' trajectory.
+FREE_ON_RESUME = ("max_minutes", "log_every", "eval_every", "eval_sentences", "out")
+# What it never lets change: the model and the data it came from.
+FIXED_ON_RESUME = ("task", "quant", "method", "seed", "d_model", "n_heads", "d_ff", "n_layers", "init")
 
 
 PRESETS = {
@@ -124,31 +159,96 @@ def _progress(total, initial):
         return None
 
 
-def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict:
+class TrainingDiverged(ValueError):
+    """The loss or the gradient became NaN or infinite: training stops before the weights do."""
+
+
+def saved_config(out: str) -> TrainConfig:
+    """The TrainConfig that ``<out>/last.npz`` was trained with (what --resume continues)."""
+    path = os.path.join(out, "last.npz")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    _, meta, _ = checkpoint.load(path)
+    if "train_config" not in meta or "train_state" not in meta:
+        raise checkpoint.CheckpointError(f"--resume: {path} is not a training checkpoint (no train_config)")
+    from minitbt.model_io import config_from_header
+    return config_from_header(TrainConfig, meta["train_config"], "train_config", path)
+
+
+def check_resume(saved: TrainConfig, cfg: TrainConfig, allow_change=(), where: str = "the checkpoint") -> None:
+    """--resume continues the run that was started: any other setting is refused, by name, unless
+    it is in FREE_ON_RESUME or the user asked for it (``allow_change``, the CLI's --allow-change).
+    Extending a finished run is such a case: ``--max-steps 6000 --allow-change max_steps``."""
+    known = {f.name for f in fields(TrainConfig)}
+    bad = sorted(set(allow_change) - known)
+    if bad:
+        raise ValueError(f"--allow-change: unknown setting(s) {bad}")
+    changed = [f.name for f in fields(TrainConfig)
+               if getattr(saved, f.name) != getattr(cfg, f.name) and f.name not in FREE_ON_RESUME]
+    fixed = [n for n in changed if n in FIXED_ON_RESUME]
+    refused = [n for n in changed if n not in FIXED_ON_RESUME and n not in allow_change]
+    if fixed or refused:
+        diff = ", ".join(f"{n}: {getattr(saved, n)!r} -> {getattr(cfg, n)!r}" for n in fixed + refused)
+        hint = ("; these cannot change on resume (start a new run with --init instead)" if fixed else
+                f"; pass --allow-change {','.join(refused)} to change them on purpose")
+        raise ValueError(f"--resume: {where} was trained with other settings ({diff}){hint}")
+
+
+def check_vocabulary(path: str, meta: dict, tokenizer, vocab_size: int, role: str) -> None:
+    """--init / --teacher must share the task's tokenizer: the same ids for the same tokens."""
+    other = tokenizer_from_header(meta, path)
+    if other is not None and not same_tokenizer(other, tokenizer):
+        raise ValueError(f"--{role} {path} was trained with another tokenizer than this task's; "
+                         f"its token ids would mean other words")
+    if vocab_size != tokenizer.get_vocab_size():
+        raise ValueError(f"--{role} {path} has a vocabulary of {vocab_size} tokens, the task's "
+                         f"tokenizer {tokenizer.get_vocab_size()}")
+
+
+def check_out_dir(out: str, flag: str = "--out") -> None:
+    """An output folder must exist or be creatable, and be writable: checked before any work."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"{flag} {out} exists and is not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:
+        raise ValueError(f"{flag} {out} is not a writable folder ({exc.strerror})") from None
+
+
+def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, allow_change=()) -> dict:
     """Train as configured; returns the last validation record."""
+    cfg.validate()
     info = task_info(cfg.task)
     tokenizer = load_tokenizer(cfg.task)
-    train_data = Seq2SeqData.from_task(cfg.task, "train", tokenizer, cfg.max_src_len, cfg.max_tgt_len)
-    valid_data = Seq2SeqData.from_task(cfg.task, "valid", tokenizer, cfg.max_src_len, cfg.max_tgt_len)
     last_path, best_path = os.path.join(cfg.out, "last.npz"), os.path.join(cfg.out, "best.npz")
     log_path = os.path.join(cfg.out, "metrics.jsonl")
+    if resume:
+        check_resume(saved_config(cfg.out), cfg, allow_change, last_path)
+    elif os.path.exists(last_path):
+        raise FileExistsError(f"{last_path} exists: pass --resume to continue it, or choose another --out")
+    check_out_dir(cfg.out)
+    stale = checkpoint.clean_stale_temporaries(cfg.out)
+    if stale and not quiet:
+        print(f"removed {len(stale)} unfinished checkpoint file(s) in {cfg.out} left by an interrupted save")
+    train_data = Seq2SeqData.from_task(cfg.task, "train", tokenizer, cfg.max_src_len, cfg.max_tgt_len)
+    valid_data = Seq2SeqData.from_task(cfg.task, "valid", tokenizer, cfg.max_src_len, cfg.max_tgt_len)
+    for split, data in (("train", train_data), ("valid", valid_data)):
+        if len(data) == 0:
+            raise ValueError(f"{cfg.task}: the {split} split is empty")
     if not quiet:
         print(f"{info['name']} ({info['kind']}): {len(train_data)} train / {len(valid_data)} valid pairs; "
               f"truncated to {cfg.max_src_len}/{cfg.max_tgt_len} tokens: {train_data.n_truncated} train examples")
 
-    teacher = load_model(cfg.teacher)[0].eval() if cfg.teacher else None
+    teacher = None
+    if cfg.teacher:
+        teacher, tmeta = load_model(cfg.teacher)
+        check_vocabulary(cfg.teacher, tmeta, tokenizer, teacher.config.vocab_size, "teacher")
+        teacher.eval()
     if resume:
-        if not os.path.exists(last_path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
         model, meta, opt_state = load_model(last_path, with_optimizer=True)
-        saved = TrainConfig(**meta["train_config"])
-        if (saved.task, saved.quant, saved.seed) != (cfg.task, cfg.quant, cfg.seed):
-            raise ValueError(f"--resume: {last_path} was trained with task={saved.task!r} quant={saved.quant!r} "
-                             f"seed={saved.seed}, not the configuration given now")
         state = meta["train_state"]
     else:
-        if os.path.exists(last_path):
-            raise FileExistsError(f"{last_path} exists: pass --resume to continue it, or choose another --out")
         model, opt_state, state = _initial_model(cfg, tokenizer), None, None
     model.train()
     opt = optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -171,6 +271,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict:
     os.makedirs(cfg.out, exist_ok=True)
     bar = None if quiet else _progress(cfg.max_steps, state["step"])
     record, t_last, tokens, losses = {}, time.perf_counter(), 0, []
+    saved_step = state["step"] if resume else None
     epoch_batches = train_data.batches(cfg.batch_tokens, seed=cfg.seed + state["epoch"])
     while state["step"] < cfg.max_steps:
         if cfg.max_minutes and state["train_seconds"] >= 60 * cfg.max_minutes:
@@ -184,7 +285,12 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict:
         loss = compute_loss(model, batch, cfg, teacher)
         opt.zero_grad()
         loss.backward()
-        optim.clip_grad_norm(opt.params, cfg.clip)
+        grad_norm = optim.clip_grad_norm(opt.params, cfg.clip)
+        if not (math.isfinite(loss.item()) and math.isfinite(grad_norm)):    # before the weights change
+            kept = (f"the last good checkpoint, {last_path}, is from step {saved_step}" if saved_step is not None
+                    else "no checkpoint was written")
+            raise TrainingDiverged(f"step {state['step'] + 1}: the loss is {loss.item()} and the gradient norm "
+                                   f"{grad_norm}: training diverged (try a lower --lr); stopped, {kept}")
         opt.step()
         state["step"] += 1
         state["batch_in_epoch"] += 1
@@ -208,6 +314,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict:
                 state["best"] = record[key]
                 save(best_path)
             save(last_path)
+            saved_step = state["step"]
             with open(log_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
             if bar is not None:
@@ -223,7 +330,8 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict:
 def _initial_model(cfg: TrainConfig, tokenizer):
     """A fresh FP model, or the weights of ``cfg.init``; quantized if ``cfg.quant`` is set."""
     if cfg.init:
-        model = load_latent_fp(cfg.init)
+        model, meta = load_latent_fp(cfg.init, with_meta=True)
+        check_vocabulary(cfg.init, meta, tokenizer, model.config.vocab_size, "init")
     else:
         model = build_model(vocab_size=tokenizer.get_vocab_size(), d_model=cfg.d_model, n_heads=cfg.n_heads,
                             d_ff=cfg.d_ff, n_encoder_layers=cfg.n_layers, n_decoder_layers=cfg.n_layers,

@@ -37,6 +37,16 @@ class TransformerConfig:
     seed: int = 0
 
     def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_heads", "d_ff", "max_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("n_encoder_layers", "n_decoder_layers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not all(0 <= i < self.vocab_size for i in (self.pad_id, self.bos_id, self.eos_id)):
+            raise ValueError(f"pad/bos/eos ids must be < vocab_size {self.vocab_size}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
         if self.activation not in ("relu", "gelu", "gelu_tanh"):

@@ -116,6 +116,24 @@ class QuantRecipe:
     a8_clip: float = 2.5            # SymmetricA8's clipping range (None: no clipping)
     name: str = field(default="")
 
+    def __post_init__(self):
+        families_w = {w for w, _ in METHODS.values()}
+        families_a = {a for _, a in METHODS.values()}
+        for name in ("embed_bits", "weight_bits", "act_bits"):
+            bits = getattr(self, name)
+            if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {bits!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}: use one of {sorted(METHODS)}")
+        if self.weights not in families_w:
+            raise ValueError(f"unknown weight family {self.weights!r}: use one of {sorted(families_w)}")
+        if self.activations not in families_a:
+            raise ValueError(f"unknown activation family {self.activations!r}: use one of {sorted(families_a)}")
+        if self.weight_ste not in ("clipped", "identity"):
+            raise ValueError(f"weight_ste must be 'clipped' or 'identity', got {self.weight_ste!r}")
+        if self.a8_clip is not None and not self.a8_clip > 0:
+            raise ValueError(f"a8_clip must be > 0 or None, got {self.a8_clip!r}")
+
     @classmethod
     def parse(cls, spec: str, method: str = None, **overrides) -> "QuantRecipe":
         m = _SPEC.match(spec)
