@@ -5,7 +5,7 @@ Every kernel here comes twice:
 * ``<name>_ref`` -- a pure-NumPy reference. It *is* the specification: short, readable,
   with the equation in its docstring (docs/kernels.md section 1).
 * ``<name>`` -- the public function. It validates its inputs (dtype, C-contiguity, shapes,
-  the K padding rule), then runs the compiled kernel from ``minitbt._core`` if it was built,
+  K, finiteness), then runs the compiled kernel from ``minitbt._core`` if it was built,
   else the reference. Both give the same integers (float kernels: the same sums up to
   rounding, because the order of the additions differs).
 
@@ -21,6 +21,19 @@ One concept per file:
 Scales, offsets (centring) and zero-points stay outside: these kernels compute the
 integer (or sign-add) inner products only, as in docs/kernels.md section 1.
 
+Bad input gets one clear error, never a silent wrong answer (docs/kernels.md section 9):
+
+* K must match the packed arrays: ceil(K/64) words, zero bits past K, and the K that the
+  packers record on what they return (``PackedBits.K``).
+* K must keep the result exact in int32: ``|y| <= term * K <= 2^31 - 1``, term = 1
+  ({-1,0,1} activations), 2^k - 1 (k bit planes), 128 (int8); see ``_checks._check_int32``.
+* Non-finite input, one rule everywhere: wherever float values become integer codes or enter
+  a kernel (the activation quantizers' ``codes()``, ``minitbt.packed.levels``, the compiled
+  int8 quantizer behind it, ``pack_bits``/``pack_signs`` of floats, ``gemm_signadd_f32``,
+  ``gemv_ternary_f32`` and ``gemm_signadd_f32_ref``), a NaN, inf or -inf is refused with a
+  ValueError that names the argument and says "non-finite". The check is one
+  ``np.isfinite(x).all()`` at the Python boundary; the C never sees such a value.
+
 The switch: ``kernels._core`` below is the compiled module or None, and it is the only one.
 Every public function reads it through this package at call time (``kernels._core``, never
 a copy taken at import), so setting it to None (the tests' NumPy path:
@@ -35,7 +48,7 @@ import warnings
 
 __all__ = [
     "HAVE_EXT", "words", "pack_bits", "unpack_bits", "pack_signs", "pack_ternary",
-    "pack_bitplanes",
+    "pack_bitplanes", "PackedBits",
     "gemm_xnor", "gemm_and_pm1", "gemm_bitplane", "gemm_bitplane_pm1", "gemm_ternary_ternary",
     "TernaryInt8Weights", "prepare_ternary_int8", "gemm_ternary_int8",
     "TernarySignAddWeights", "prepare_signadd", "gemm_signadd_f32", "gemv_ternary_f32",
@@ -65,7 +78,7 @@ if not HAVE_EXT:
 
 # The public API, re-exported from the submodules (which read _core above at call time).
 from minitbt.kernels.packing import (  # noqa: E402
-    pack_bitplanes, pack_bits, pack_signs, pack_ternary, unpack_bits, words)
+    PackedBits, pack_bitplanes, pack_bits, pack_signs, pack_ternary, unpack_bits, words)
 from minitbt.kernels.popcount import (  # noqa: E402
     gemm_and_pm1, gemm_and_pm1_ref, gemm_bitplane, gemm_bitplane_pm1, gemm_bitplane_pm1_ref,
     gemm_bitplane_ref, gemm_ternary_ternary, gemm_ternary_ternary_ref, gemm_xnor, gemm_xnor_ref)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minitbt import kernels                     # kernels._core: the one switch, read at call time
-from minitbt.kernels._checks import _check_prepared, _check_threads
+from minitbt.kernels._checks import _check_int32, _check_prepared, _check_threads
 from minitbt.kernels.packing import _check_codes
 
 
@@ -89,9 +89,11 @@ def gemm_ternary_int8(x: np.ndarray, weights: TernaryInt8Weights, *,
     """int8 activations (M, K) x prepared ternary weights -> (M, N) int32 (exact).
 
     One or two rows (decoding) use the 2-bit layout; more rows use the int8 layout.
-    See gemm_ternary_int8_ref for the equation.
+    See gemm_ternary_int8_ref for the equation. |y| <= 128 K (x = -128, w = -1), so
+    K <= (2^31 - 1) // 128 = 16 777 215 (_check_int32).
     """
     _check_prepared(x, weights, TernaryInt8Weights, np.int8, "prepare_ternary_int8")
+    _check_int32(weights.K, 128)
     threads = _check_threads(threads)
     if kernels._core is None:
         return gemm_ternary_int8_ref(x, weights)

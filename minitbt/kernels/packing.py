@@ -13,12 +13,47 @@ every kernel returns ``(M, N) = activations @ weights.T``.
   ``w = plus - minus``.
 * k-bit unsigned codes (``pack_bitplanes``): planes ``(k, rows, W)``, ``a = sum_j 2^j a_j``.
 
+Every packer returns a ``PackedBits``: the uint64 words, plus the K they hold (``.K``), which
+the kernels compare with their K argument (a K past the last value but in the same word does
+not show in the zero padding). Float input to ``pack_bits`` and ``pack_signs`` must be finite
+(docs/kernels.md, "Non-finite input").
+
 (The ternary x int8 and ternary x float32 kernels have layouts of their own, built by
 ``prepare_ternary_int8`` and ``prepare_signadd``: int8.py, signadd.py.)
 """
 from __future__ import annotations
 
 import numpy as np
+
+from minitbt.kernels._checks import _check_finite
+
+
+class PackedBits(np.ndarray):
+    """A packed uint64 array that remembers the K it was packed with, as ``.K``.
+
+    Views and copies that keep the last axis (rows, planes: ``a[None]``, ``t[0]``, ``a[:2]``)
+    keep K; one that cuts the words (``a[:, :1]``) has ``K = None``, and so has any plain
+    array (``np.asarray(a)``): then only the words and the padding are checked. Arithmetic
+    (``a ^ w``, ``np.bitwise_count(a)``) gives plain arrays.
+    """
+    K = None
+
+    def __array_finalize__(self, obj):
+        if getattr(obj, "K", None) is not None and obj.shape[-1:] == self.shape[-1:]:
+            self.K = obj.K
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        def plain(a):
+            return a.view(np.ndarray) if isinstance(a, PackedBits) else a
+        if "out" in kwargs:
+            kwargs["out"] = tuple(plain(o) for o in kwargs["out"])
+        return getattr(ufunc, method)(*map(plain, inputs), **kwargs)
+
+
+def _packed(words_array: np.ndarray, K: int) -> PackedBits:
+    out = words_array.view(PackedBits)
+    out.K = int(K)
+    return out
 
 
 def words(K: int) -> int:
@@ -37,9 +72,9 @@ def pack_bits(bits) -> np.ndarray:
     rows, K = b.shape
     W = words(K)
     padded = np.zeros((rows, 64 * W), dtype=bool)          # (rows, 64 W): zeros past K
-    padded[:, :K] = b != 0
+    padded[:, :K] = _check_finite("bits", b) != 0
     as_bytes = np.packbits(padded, axis=1, bitorder="little")  # (rows, 8 W) uint8
-    return np.ascontiguousarray(as_bytes).view("<u8").astype(np.uint64, copy=False)
+    return _packed(np.ascontiguousarray(as_bytes).view("<u8").astype(np.uint64, copy=False), K)
 
 
 def unpack_bits(packed: np.ndarray, K: int) -> np.ndarray:
@@ -51,7 +86,7 @@ def unpack_bits(packed: np.ndarray, K: int) -> np.ndarray:
 
 def pack_signs(x) -> np.ndarray:
     """Pack the signs of a (rows, K) array: bit 1 where x < 0 (the value -1), else 0 (+1)."""
-    return pack_bits(np.asarray(x) < 0)
+    return pack_bits(_check_finite("x", np.asarray(x)) < 0)
 
 
 def pack_ternary(codes) -> np.ndarray:
@@ -60,7 +95,7 @@ def pack_ternary(codes) -> np.ndarray:
     ``w = plus - minus``; unpack with ``plus, minus = pack_ternary(codes)``.
     """
     c = _check_codes("codes", codes, (-1, 0, 1))
-    return np.stack([pack_bits(c > 0), pack_bits(c < 0)])
+    return _packed(np.stack([pack_bits(c > 0), pack_bits(c < 0)]), c.shape[1])
 
 
 def pack_bitplanes(codes, k: int) -> np.ndarray:
@@ -71,7 +106,7 @@ def pack_bitplanes(codes, k: int) -> np.ndarray:
     if not 1 <= int(k) <= 8:
         raise ValueError(f"pack_bitplanes supports 1 to 8 bits, got k={k}")
     c = _check_codes("codes", codes, range(2 ** int(k)))
-    return np.stack([pack_bits((c >> j) & 1) for j in range(int(k))])
+    return _packed(np.stack([pack_bits((c >> j) & 1) for j in range(int(k))]), c.shape[1])
 
 
 def _check_codes(name, codes, allowed) -> np.ndarray:

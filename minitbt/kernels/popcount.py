@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 
 from minitbt import kernels                     # kernels._core: the one switch, read at call time
-from minitbt.kernels._checks import _check_K, _check_packed, _check_threads
+from minitbt.kernels._checks import _check_int32, _check_K, _check_packed, _check_threads
 
 # --------------------------------------------------------------------------- references
 
@@ -125,6 +125,7 @@ def gemm_xnor(a: np.ndarray, w: np.ndarray, K: int, *, threads: int = 1) -> np.n
     """W1A1 GEMM, (M, N) int32 = a @ w.T for a (M, W), w (N, W) sign bits. See gemm_xnor_ref."""
     K = _check_K(K)
     _check_packed("a", a, 2, K), _check_packed("w", w, 2, K)
+    _check_int32(K, 1)                                            # |a . w| <= K
     threads = _check_threads(threads)
     if kernels._core is None:
         return gemm_xnor_ref(a, w, K)
@@ -139,9 +140,11 @@ def gemm_and_pm1(a: np.ndarray, w: np.ndarray, K: int, *, threads: int = 1) -> n
 
 
 def _check_planes(a_planes, K):
+    """k = 1..8 planes of K bits; |a . w| <= (2^k - 1) K must fit int32 (_check_int32)."""
     _check_packed("a_planes", a_planes, 3, K)
     if not 1 <= a_planes.shape[0] <= 8:
         raise ValueError(f"a_planes must hold 1 to 8 bit planes, got {a_planes.shape[0]}")
+    _check_int32(K, 2 ** a_planes.shape[0] - 1)
 
 
 def _check_ternary(name, t, K):
@@ -192,6 +195,7 @@ def gemm_ternary_ternary(a_ternary: np.ndarray, w_ternary: np.ndarray, K: int, *
     """
     K = _check_K(K)
     _check_ternary("a_ternary", a_ternary, K), _check_ternary("w_ternary", w_ternary, K)
+    _check_int32(K, 1)                                            # |a . w| <= K
     threads = _check_threads(threads)
     if kernels._core is None:
         return gemm_ternary_ternary_ref(a_ternary, w_ternary, K)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minitbt import kernels                     # kernels._core: the one switch, read at call time
-from minitbt.kernels._checks import _check_prepared, _check_threads
+from minitbt.kernels._checks import _check_finite, _check_prepared, _check_threads
 from minitbt.kernels.packing import _check_codes
 
 
@@ -38,7 +38,7 @@ class TernarySignAddWeights:
 
     def _planes(self):
         """(i+, i-) as (Np, ngroups) uint8 arrays."""
-        nch, nrb = -(-self.K // _SA_CHUNK), -(-self.N // 8)
+        nch, nrb = -(-self.K // _SA_CHUNK), -(-max(self.N, 1) // 8)   # N = 0: one padding block
         a = self.idx.reshape(nch, nrb, _SA_G // 2, 8, 2, 2)       # [c, r, b, row, pair, plane]
         a = a.transpose(1, 3, 0, 2, 4, 5).reshape(nrb * 8, nch * _SA_G, 2)  # [n, g, plane]
         return a[..., 0], a[..., 1]
@@ -80,7 +80,9 @@ def gemm_signadd_f32_ref(x: np.ndarray, weights: TernarySignAddWeights) -> np.nd
         y[m, n] = sum_g T_g[i+(n, g)] - T_g[i-(n, g)]      (BiQGEMM, Jeon et al. 2020; docs/kernels.md)
 
     which equals sum_k x[m, k] W[n, k]. Computed here in float64, returned as float32.
+    x must be finite, as for gemm_signadd_f32 (docs/kernels.md, "Non-finite input").
     """
+    _check_finite("x", x)
     ip, im = weights._planes()                                    # (Np, G) each
     G = ip.shape[1]
     xp = np.zeros((x.shape[0], 3 * G))
@@ -100,8 +102,9 @@ def gemm_signadd_f32(x: np.ndarray, weights: TernarySignAddWeights, *,
                      threads: int = 1) -> np.ndarray:
     """float32 activations (M, K) x prepared ternary weights -> (M, N) float32, sign-add only.
 
-    Aimed at batch-1 decoding (M = 1); rows are processed one after the other.
-    See gemm_signadd_f32_ref for the equation.
+    Aimed at batch-1 decoding (M = 1); rows are processed one after the other. M = 0 and
+    N = 0 give an empty result. x must be finite: NaN, inf and -inf are refused with a
+    ValueError (docs/kernels.md, "Non-finite input"). See gemm_signadd_f32_ref for the equation.
     """
     _check_prepared(x, weights, TernarySignAddWeights, np.float32, "prepare_signadd")
     threads = _check_threads(threads)

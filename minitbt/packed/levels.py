@@ -2,10 +2,13 @@
 
 ``_levels`` evaluates the same equations as each quantizer's ``codes`` (tie snapping included)
 with fewer NumPy calls; tests/test_packed.py checks them against ``codes`` and ``q(x)``
-(test_fast_levels_equal_codes) and the packed model against fake quantization."""
+(test_fast_levels_equal_codes) and the packed model against fake quantization. Like ``codes``,
+they refuse non-finite input (docs/kernels.md, "Non-finite input"): ``_levels``, ``_codes_i8``
+and ``_fake_quant`` each check x once where they quantize it."""
 import numpy as np
 
 from minitbt import kernels
+from minitbt.kernels._checks import _check_finite
 from minitbt.quant.activation import (BiTElasticBinary, ElasticQuantizer, MinMaxQuantizer,
                                       PerChannelQuantizer)
 from minitbt.quant.base import TIE_ULPS, sign_ties
@@ -68,6 +71,7 @@ def _levels(q, x):
     if isinstance(q, MinMaxQuantizer):
         if not q.per_token or (q.signed and q.precision == 1) or type(q)._quantize is not _MINMAX_QUANTIZE:
             return None
+        _check_finite("x", x)
         clip, nclip, qp, lo, tol, half, sub = _consts(q, x.dtype)
         xc = x if clip is None else np.minimum(np.maximum(x, nclip), clip)
         m = np.maximum.reduce(np.abs(xc) if q.signed else xc, axis=-1, keepdims=True)
@@ -77,6 +81,7 @@ def _levels(q, x):
             r = np.minimum(np.maximum(r, lo, out=r), qp, out=r)
         return r, a, None
     if type(q) is ElasticQuantizer and bool(q.initialized[0]):
+        _check_finite("x", x)
         _, _, qp, lo, tol, half, _ = _consts(q, x.dtype)
         off = None
         if q.centre:
@@ -106,6 +111,7 @@ def _codes_i8(q, x2):
             or type(q)._quantize is not _MINMAX_QUANTIZE or not (q.signed and q.per_token)
             or not 2 <= q.precision <= 8 or not hasattr(core, "quantize_rows_i8")):
         return None
+    _check_finite("x", x2)                     # the C would turn NaN into an arbitrary code
     clip, _, qp, _, tol, _, tiny = _consts(q, np.float32)
     codes = np.empty(x2.shape, dtype=np.int8)
     scale = np.empty((x2.shape[0], 1), dtype=np.float32)
@@ -124,8 +130,8 @@ def _fake_quant(q, x):
             codes, scale = ca
             return (codes * scale).reshape(x.shape)          # int8 * float32 -> float32 = levels * a
     lv = _levels(q, x)
-    if lv is None:
-        return q(Tensor(x)).data
+    if lv is None:                            # no fast path (and so no check yet)
+        return q(Tensor(_check_finite("x", x))).data
     r, a, off = lv
     y = r * a
     if off is not None:

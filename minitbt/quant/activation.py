@@ -30,7 +30,10 @@ from minitbt.tensor import Tensor
 
 
 def _xdata(x):
-    return x.data if isinstance(x, Tensor) else np.asarray(x)
+    """The array that ``codes()`` turns into integer codes: finite, or a ValueError (the rule of
+    docs/kernels.md, "Non-finite input"; the training forward ``q(x)`` does not check)."""
+    from minitbt.kernels._checks import _check_finite   # here: importing quant loads no kernels
+    return _check_finite("x", x.data if isinstance(x, Tensor) else np.asarray(x))
 
 
 def _lsq_scale_grad(g, q, u, inside):
