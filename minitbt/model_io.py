@@ -8,6 +8,8 @@ these is a CheckpointError naming the field, never a crash later.
 """
 from dataclasses import asdict, fields
 
+import numpy as np
+
 from minitbt import checkpoint
 from minitbt.nn import Seq2SeqTransformer, TransformerConfig
 
@@ -118,6 +120,20 @@ def validate_meta(meta: dict, where: str) -> dict:
     return meta
 
 
+def check_size(model_config: dict, state: dict, where: str) -> None:
+    """Refuse a header that describes a model far larger than the arrays in the file, before
+    building it (a corrupt d_model or vocab_size must not allocate gigabytes first). The count
+    is the float weight matrices' (biases, LayerNorms and scales add little)."""
+    c = TransformerConfig.from_dict(model_config)
+    d, f = c.d_model, c.d_ff
+    implied = (c.vocab_size + c.max_len) * d + c.n_encoder_layers * (4 * d * d + 2 * d * f) \
+        + c.n_decoder_layers * (8 * d * d + 2 * d * f)
+    stored = sum(int(a.size) * (64 if a.dtype == np.uint64 else 1) for a in state.values())  # packed: 64 a word
+    if implied > 2 * stored + 4096:
+        raise CheckpointError(f"{where}: model_config describes about {implied:,} weights but the file "
+                              f"holds {stored:,}: the header does not belong to these arrays")
+
+
 def tokenizer_from_header(meta: dict, where: str):
     """The BPE tokenizer a checkpoint carries, or None; a garbage one is a CheckpointError."""
     from tokenizers import Tokenizer
@@ -151,6 +167,7 @@ def load_model(path: str, with_optimizer: bool = False):
     if meta.get("packed"):
         raise CheckpointError(f"{path} is a packed model: load it with minitbt.packed.load_packed "
                               f"(the CLI: --packed)")
+    check_size(meta["model_config"], state, path)
     model = Seq2SeqTransformer(TransformerConfig.from_dict(meta["model_config"]))
     if meta.get("quant"):
         model = quantize(model, meta["quant"])
@@ -167,6 +184,7 @@ def load_latent_fp(path: str, with_meta: bool = False):
     weights (quantizer scales dropped), e.g. to start the next stage of multi-step distillation."""
     state, meta, _ = checkpoint.load(path)
     validate_meta(meta, path)
+    check_size(meta["model_config"], state, path)
     model = Seq2SeqTransformer(TransformerConfig.from_dict(meta["model_config"]))
     fp_names = set(model.state_dict())
     try:

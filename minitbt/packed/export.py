@@ -53,13 +53,14 @@ def save_packed(path: str, model, tokenizer: str = None) -> None:
 
 def load_packed(path: str):
     """Read a file written by save_packed: returns (packed model, meta)."""
-    from minitbt.model_io import build_model, quantize, validate_meta
+    from minitbt.model_io import build_model, check_size, quantize, validate_meta
     state, meta, _ = checkpoint.load(path)
     validate_meta(meta, path)
     if not meta.get("packed"):
         raise checkpoint.CheckpointError(f"{path} is not a packed model (export one with `minitbt export --packed`)")
     if not meta.get("quant"):
         raise checkpoint.CheckpointError(f"{path}: a packed model's header needs its quant recipe")
+    check_size(meta["model_config"], state, path)
     skeleton = quantize(build_model(**meta["model_config"]), meta["quant"])
     model = pack_model(skeleton)
     try:

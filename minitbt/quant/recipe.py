@@ -121,8 +121,8 @@ class QuantRecipe:
         families_a = {a for _, a in METHODS.values()}
         for name in ("embed_bits", "weight_bits", "act_bits"):
             bits = getattr(self, name)
-            if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {bits!r}")
+            if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 32:
+                raise ValueError(f"{name} must be an integer from 1 to 32 (>= {FP_BITS}: full precision), got {bits!r}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: use one of {sorted(METHODS)}")
         if self.weights not in families_w:
