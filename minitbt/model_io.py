@@ -45,6 +45,9 @@ def model_meta(model) -> dict:
     rebuilt = Seq2SeqTransformer(TransformerConfig.from_dict(model.config.to_dict()))
     if recipe is not None:
         rebuilt = quantize(rebuilt, recipe)
+    if getattr(model, "packed", False):                   # compare like with like
+        from minitbt.packed import pack_model
+        rebuilt = pack_model(rebuilt)
     have, want = _quantizer_sites(model), _quantizer_sites(rebuilt)
     for site in sorted(set(have) | set(want)):
         if have.get(site) != want.get(site):

@@ -85,8 +85,6 @@ class TrainConfig:
         if self.quant:
             from minitbt.quant import QuantRecipe
             QuantRecipe.parse(self.quant, self.method or None)    # an unknown recipe fails here
-        else:
-            need(not self.method, "method", "needs --quant")
         return self
 
 
