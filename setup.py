@@ -17,10 +17,12 @@ from setuptools.command.build_ext import build_ext
 
 
 def _native_flags():
-    """-O3 everywhere; -march=native (AVX2 paths) unless asked for a portable build."""
+    """-O3 everywhere; -march=native (AVX2 paths) unless asked for a portable build.
+    -fwrapv: int32 sums wrap, so a kernel whose exact result fits in int32 (the bound the Python
+    side enforces, minitbt/kernels/_checks.py) is exact even when a partial sum overflows."""
     if sys.platform == "win32":
         return ["/O2"]
-    flags = ["-O3", "-fno-strict-aliasing"]
+    flags = ["-O3", "-fno-strict-aliasing", "-fwrapv"]
     if os.environ.get("MINITBT_PORTABLE", "0") != "1":
         flags.append("-march=native" if "arm" not in sysconfig.get_platform() else "-mcpu=native")
     return flags
