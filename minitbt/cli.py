@@ -5,6 +5,7 @@
     minitbt eval      --model CKPT --task data/ddtp-en-de --split test [--beam 4] [--packed]
     minitbt translate --model CKPT "An English sentence."         (reads standard input without text)
     minitbt summarize --model CKPT "A long description ..."
+    minitbt baseline  --task data/debian-summ --words 10           the lead-N baseline a model must beat
     minitbt summary   --model CKPT                                 parameters, memory and MACs by bit width
     minitbt export    --model CKPT --out model.npz [--half] [--packed]
 
@@ -70,6 +71,11 @@ def _build_parser():
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
     p.add_argument("--hyp-out", default=None, help="write hypotheses here (default: next to the model)")
     _decoding_args(p, default_model=None)
+
+    p = sub.add_parser("baseline", help="the trivial baseline's scores: the first N words of each source")
+    p.add_argument("--task", required=True)
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--words", type=int, default=10, help="first N words of the source (0: the whole source)")
 
     p = sub.add_parser("summary", help="per-layer table of parameters, memory and MACs by bit width")
     p.add_argument("--model", required=True)

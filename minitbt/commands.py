@@ -216,6 +216,20 @@ def eval(args):
     return 0
 
 
+def baseline(args):
+    """Scores of the first --words words of each source, as a model's scores are reported."""
+    from minitbt import metrics
+    from minitbt.datasets import read_split, task_info
+    if args.words < 0:
+        raise ValueError(f"--words must be >= 0, got {args.words}")
+    info = task_info(args.task)
+    sources, targets = read_split(args.task, args.split)
+    scores = metrics.score(info["kind"], metrics.lead(sources, args.words), targets)
+    print(json.dumps({"task": info["name"], "split": args.split, "n": len(sources),
+                      "baseline": f"lead-{args.words}" if args.words else "copy", **scores}))
+    return 0
+
+
 def summary(args):
     from minitbt.model_io import load_model
     from minitbt.summary import summary as summarize_model

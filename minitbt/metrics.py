@@ -25,6 +25,12 @@ def rouge(hypotheses, references) -> dict:
     return {key: round(100 * v / n, 2) for key, v in totals.items()}
 
 
+def lead(sources, n_words: int = 0) -> list:
+    """The trivial baseline: each source's first ``n_words`` words (0: the whole source, i.e. a
+    copy). For summarization the lead is what a model must beat; for translation, the copy."""
+    return [" ".join(s.split()[:n_words]) if n_words else s for s in sources]
+
+
 def score(task_kind: str, hypotheses, references) -> dict:
     """BLEU/chrF for "translation", ROUGE for "summarization"."""
     if task_kind == "translation":

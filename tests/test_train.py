@@ -221,3 +221,14 @@ def test_cli_empty_text_and_corrupt_model(tmp_path, capsys, task):
 def test_tokenizer_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         load_tokenizer(str(tmp_path))
+
+
+def test_baseline_command_scores_the_lead(task, capsys):
+    from minitbt import metrics
+    from minitbt.datasets import read_split
+    assert main(["baseline", "--task", task, "--split", "valid", "--words", "2"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    src, tgt = read_split(task, "valid")
+    assert metrics.lead(["a b c", "d"], 2) == ["a b", "d"] and metrics.lead(["a b c"], 0) == ["a b c"]
+    assert got["baseline"] == "lead-2" and got["bleu"] == metrics.bleu([" ".join(s.split()[:2]) for s in src], tgt)["bleu"]
+    assert main(["baseline", "--task", task, "--words", "-1"]) == 2
