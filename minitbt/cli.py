@@ -7,7 +7,7 @@
     minitbt summarize --model CKPT "A long description ..."
     minitbt baseline  --task data/debian-summ --words 10           the lead-N baseline a model must beat
     minitbt summary   --model CKPT                                 parameters, memory and MACs by bit width
-    minitbt export    --model CKPT --out model.npz [--half] [--packed]
+    minitbt export    --model CKPT --out model.npz [--half] [--packed] [--format safetensors]
 
 ``--threads N`` sets the BLAS thread count. Errors in the input (a missing
 file, an unknown task, an empty text, a corrupt checkpoint, a bad option value, an output path
@@ -85,6 +85,9 @@ def _build_parser():
     p.add_argument("--out", required=True)
     p.add_argument("--half", action="store_true")
     p.add_argument("--packed", action="store_true")
+    p.add_argument("--format", choices=["npz", "safetensors"], default="npz",
+                   help="npz: a minitbt checkpoint; safetensors: weights and learned scales, with config, "
+                        "recipe and tokenizer in its metadata (for PyTorch: docs/pytorch.md)")
     p.add_argument("--task", default=None, help="embed this task's tokenizer if the checkpoint has none")
     return ap
 

@@ -243,10 +243,20 @@ def export(args):
     from minitbt.data import load_tokenizer
     from minitbt.datasets import task_info
     _check_output_file(args.out, "--out")
+    if args.format == "safetensors" and args.packed:
+        raise ValueError("--format safetensors writes the latent weights and learned scales, not the packed "
+                         "bits: drop --packed (the loaded model packs again)")
     extra = {}
     if args.task:
         extra = {"tokenizer": load_tokenizer(args.task).to_str(), "task": task_info(args.task)}
-    if args.packed:
+    if args.format == "safetensors":
+        from minitbt.model_io import load_model
+        from minitbt.safetensors_io import KEPT, save_safetensors
+        model, meta = load_model(args.model)
+        meta = {**extra, **meta} if meta.get("tokenizer") else {**meta, **extra}
+        save_safetensors(args.out, model, half=args.half,
+                         **{k: v for k, v in meta.items() if k in KEPT and k not in ("model_config", "quant")})
+    elif args.packed:
         from minitbt.model_io import load_model
         from minitbt.packed import pack_model, save_packed
         model, meta = load_model(args.model)
