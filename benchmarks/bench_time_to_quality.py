@@ -91,14 +91,16 @@ class TorchSide:
         import torch
         from minitbt import optim
         from minitbt.model_io import build_model
-        from _torch_twin import build_torch_model, load_minitbt_weights
+        from minitbt.nn import TransformerConfig
+        from minitbt.torch import Seq2SeqTransformer, to_torch    # the same model in PyTorch
         torch.set_num_threads(ARGS.threads)
         self.torch, self.cfg = torch, cfg
-        self.model = build_torch_model(mcfg)
         self.parity = None
-        if not own_init:                                    # start from minitbt's initial weights
+        if own_init:                                        # torch's generator, seeded with the config's seed
+            self.model = Seq2SeqTransformer(TransformerConfig(**mcfg))
+        else:                                               # start from minitbt's initial weights
             twin = build_model(**mcfg)
-            load_minitbt_weights(self.model, twin.state_dict())
+            self.model = to_torch(twin)
             self.parity = self._logit_gap(twin)
         self.model.train()
         # minitbt's AdamW: its betas and eps; decoupled weight decay on >= 2-D parameters only
@@ -112,7 +114,7 @@ class TorchSide:
 
     def _logit_gap(self, twin) -> float:
         """Largest |logit difference| of the two models (eval mode, same weights) on a small batch:
-        evidence that the twin computes minitbt's function, not just matches its names."""
+        evidence that the PyTorch model computes minitbt's function, not just matches its names."""
         import numpy as np
         rng = np.random.default_rng(0)
         V = twin.config.vocab_size
@@ -124,7 +126,7 @@ class TorchSide:
         gap = float(np.abs(twin(src, tgt).data - theirs).max())     # (2, 7, V)
         self.model.train()
         if gap > 1e-3:
-            raise RuntimeError(f"the PyTorch twin's logits differ from minitbt's by {gap:.2e}")
+            raise RuntimeError(f"the PyTorch model's logits differ from minitbt's by {gap:.2e}")
         return gap
 
     def step(self, batch, lr: float) -> float:
@@ -144,7 +146,7 @@ class TorchSide:
         return loss.item()
 
     def greedy(self, src, max_len: int) -> list:
-        from _torch_twin import greedy
+        from minitbt.torch import greedy
         return greedy(self.model, src, max_len)            # eval mode, no_grad, back to train mode
 
 

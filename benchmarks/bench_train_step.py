@@ -6,7 +6,7 @@
 A step = forward, cross-entropy (label smoothing 0.1, padding ignored), backward, AdamW step,
 zero_grad. Reference configuration: d_model 256, 3+3 layers, 4 heads, d_ff 1024, vocab 8000,
 batch 32, source 48 tokens, target 24 tokens, dropout 0.1, post-LN, tied embeddings, ReLU.
-The PyTorch model (benchmarks/_torch_twin.py) matches minitbt's layout exactly (embedding *
+The PyTorch model (minitbt.torch.Seq2SeqTransformer) is minitbt's model module for module (embedding *
 sqrt(d) + learned positions, LayerNorm on the embeddings, post-LN residual blocks, tied output).
 Both sides run on the same thread count and the same batch; the steps alternate
 (torch, minitbt, torch, minitbt, ...) after a warm-up; we report medians and their ratio.
@@ -74,10 +74,11 @@ def minitbt_step_fn(batch):
 def torch_step_fn(batch):
     import torch
     import torch.nn.functional as tF
-    from _torch_twin import build_torch_model           # the PyTorch twin (imports torch)
+    from minitbt.nn import TransformerConfig
+    from minitbt.torch import Seq2SeqTransformer         # the same model in PyTorch (imports torch)
 
     V = CFG["vocab_size"]
-    model = build_torch_model(CFG).train()               # seeded with torch.manual_seed(0)
+    model = Seq2SeqTransformer(TransformerConfig(**CFG)).train()   # torch's generator seeded with seed 0
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
     src, tgt_in, labels = (torch.from_numpy(a).long() for a in batch)
 
