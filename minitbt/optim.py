@@ -157,12 +157,32 @@ def lr_schedule(step: int, base_lr: float, warmup: int, total: int, decay: str =
     return base_lr * (min_ratio + (1 - min_ratio) * ratio)
 
 
-def clip_grad_norm(params, max_norm: float) -> float:
-    """Scale all gradients by min(1, max_norm / ||g||) where ||g|| is the global L2 norm; return ||g||."""
-    grads = [p.grad for p in params if p.grad is not None]
-    total = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads))
-    if max_norm and total > max_norm:
-        scale = max_norm / (total + 1e-6)
+def _norm(grads) -> float:
+    return math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads))
+
+
+def clip_grad_norm(params, max_norm: float, apart=(), apart_max_norm: float = None) -> float:
+    """Scale all gradients by min(1, max_norm / ||g||) where ||g|| is the global L2 norm; return ||g||.
+
+    ``apart``: parameters left out of that norm (quantizer scales: their gradients sum over every
+    element a scale serves, and in the global norm they would shrink every weight's gradient,
+    docs/methods.md section 8). They are clipped by their own global norm, to ``apart_max_norm``
+    (None or 0: not clipped). The return value is the norm of all gradients, both groups, before
+    clipping: ||g||^2 = ||g_rest||^2 + ||g_apart||^2.
+    """
+    skip = {id(p) for p in apart}
+    grads = [p.grad for p in params if p.grad is not None and id(p) not in skip]
+    rest = _norm(grads)
+    if max_norm and rest > max_norm:
+        scale = max_norm / (rest + 1e-6)
         for g in grads:
             g *= scale
-    return total
+    if not skip:
+        return rest
+    side = [p.grad for p in params if p.grad is not None and id(p) in skip]
+    norm_apart = _norm(side)
+    if apart_max_norm and norm_apart > apart_max_norm:
+        scale = apart_max_norm / (norm_apart + 1e-6)
+        for g in side:
+            g *= scale
+    return math.sqrt(rest ** 2 + norm_apart ** 2)

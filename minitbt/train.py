@@ -47,7 +47,9 @@ class TrainConfig:
     max_steps: int = 600
     max_minutes: float = 0.0     # stop (and checkpoint) after this much training time; 0 = no limit
     weight_decay: float = 0.01
-    clip: float = 1.0
+    clip: float = 1.0            # global gradient-norm clip (0 = none)
+    clip_scales: str = "global"  # quantizer scales: in the global clip; "separate": their own clip at
+                                 # --clip, after the others'; "none": never clipped (docs/quantization.md)
     label_smoothing: float = 0.1
     # bookkeeping
     eval_every: int = 200
@@ -58,10 +60,12 @@ class TrainConfig:
     # quantization-aware training (see minitbt.quant and minitbt.distill)
     quant: str = ""              # "E-W-A" recipe, e.g. "2-2-8"; empty = full precision
     method: str = ""             # quantization method (tbt, twn, bwn, bit, ...); "" = from --quant, else tbt
+    quant_options: str = ""      # QuantRecipe overrides "name=value,...", e.g. "lsq_grad_scale=1,binary_zero=zero"
     teacher: str = ""            # FP checkpoint to distil from
     kd_logits: float = 1.0
     kd_hidden: float = 1.0
     kd_attn: float = 1.0
+    kd_temperature: float = 1.0  # T of the logit distillation: softmax(z/T) targets, loss times T^2
 
     def validate(self) -> "TrainConfig":
         """Refuse, before any work, a setting that cannot train: a ValueError naming the option."""
@@ -76,6 +80,10 @@ class TrainConfig:
         need(math.isfinite(self.lr) and self.lr > 0, "lr", "must be a positive number")
         for name in ("weight_decay", "clip", "max_minutes", "kd_logits", "kd_hidden", "kd_attn"):
             need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "must be a number >= 0")
+        need(math.isfinite(self.kd_temperature) and self.kd_temperature > 0, "kd_temperature",
+             "must be a positive number")
+        need(self.clip_scales in ("global", "separate", "none"), "clip_scales", "must be global, separate or none")
+        need(not self.quant_options or bool(self.quant), "quant_options", "needs --quant")
         need(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
         need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
         need(self.decay in ("linear", "cosine", "constant"), "decay", "must be linear, cosine or constant")
@@ -83,15 +91,27 @@ class TrainConfig:
         need(bool(self.task), "task", "must name a task folder")
         need(bool(self.out), "out", "must name an output folder")
         if self.quant:
-            from minitbt.quant import QuantRecipe
-            QuantRecipe.parse(self.quant, self.method or None)    # an unknown recipe fails here
+            self.recipe()                                         # an unknown recipe or option fails here
         return self
+
+    def recipe(self):
+        """The QuantRecipe of --quant, --method and --quant-options (None without --quant)."""
+        if not self.quant:
+            return None
+        from minitbt.quant import QuantRecipe
+        try:
+            options = QuantRecipe.parse_options(self.quant_options)
+            return QuantRecipe.parse(self.quant, self.method or None, **options)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"--quant {self.quant}" + (f" --quant-options {self.quant_options}"
+                                                        if self.quant_options else "") + f": {exc}") from None
 
 
 # What --resume lets change without being asked: none of these alter the weights' trajectory.
 FREE_ON_RESUME = ("max_minutes", "log_every", "eval_every", "eval_sentences", "out")
 # What it never lets change: the model and the data it came from.
-FIXED_ON_RESUME = ("task", "quant", "method", "seed", "d_model", "n_heads", "d_ff", "n_layers", "init")
+FIXED_ON_RESUME = ("task", "quant", "method", "quant_options", "seed", "d_model", "n_heads", "d_ff", "n_layers",
+                   "init")
 
 
 PRESETS = {
@@ -256,9 +276,12 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, allow_cha
         state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "train_seconds": 0.0, "best": None}
     else:
         model.rng.bit_generator.state = state["rng"]
+    scales = ()                                       # parameters kept out of the global clip
     if cfg.quant:
-        from minitbt.quant import attach_lat_curvature
+        from minitbt.quant import attach_lat_curvature, quantizer_parameters
         attach_lat_curvature(model, opt)              # loss-aware ternarization reads Adam's v (if used)
+        if cfg.clip_scales != "global":
+            scales = quantizer_parameters(model)
 
     def save(path):
         state["rng"] = model.rng.bit_generator.state
@@ -283,7 +306,8 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, allow_cha
         loss = compute_loss(model, batch, cfg, teacher)
         opt.zero_grad()
         loss.backward()
-        grad_norm = optim.clip_grad_norm(opt.params, cfg.clip)
+        grad_norm = optim.clip_grad_norm(opt.params, cfg.clip, apart=scales,
+                                         apart_max_norm=cfg.clip if cfg.clip_scales == "separate" else None)
         if not (math.isfinite(loss.item()) and math.isfinite(grad_norm)):    # before the weights change
             kept = (f"the last good checkpoint, {last_path}, is from step {saved_step}" if saved_step is not None
                     else "no checkpoint was written")
@@ -336,5 +360,5 @@ def _initial_model(cfg: TrainConfig, tokenizer):
                             dropout=cfg.dropout, max_len=max(cfg.max_src_len, cfg.max_tgt_len) + 1,
                             seed=cfg.seed)
     if cfg.quant:
-        model = quantize(model, cfg.quant, cfg.method)
+        model = quantize(model, cfg.recipe())
     return model

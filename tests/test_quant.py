@@ -437,6 +437,11 @@ QUANTIZERS = [
     ("mm_u2", lambda: Q.MinMaxQuantizer(2, signed=False), "p"), ("a8", lambda: Q.SymmetricA8(), "x"),
     ("a8_tensor", lambda: Q.SymmetricA8(per_token=False), "x"), ("int8", lambda: Q.PerTokenAbsMax(), "x"),
     ("fqt", lambda: Q.PerChannelQuantizer(8, 4), "x"), ("fqt_u", lambda: Q.PerChannelQuantizer(None, 8, False), "p"),
+    ("seq2", lambda: Q.SEQWeight(2, rows=6), "w"), ("seq1", lambda: Q.SEQWeight(1, rows=6), "w"),
+    ("el_s1_zero", lambda: Q.ElasticQuantizer(1, True, binary_zero="zero"), "x"),
+    ("el_u2_code", lambda: Q.ElasticQuantizer(2, False, init="code"), "p"),
+    ("bit_s_zero", lambda: Q.BiTElasticBinary(True, binary_zero="zero", lsq_grad_scale=True), "x"),
+    ("mm_u8", lambda: Q.MinMaxQuantizer(8, signed=False, clip=2.5), "p"),
 ]
 
 

@@ -177,7 +177,8 @@ def test_copies_weights_and_8bit_is_close_to_fp():
 
 # ---- step-by-step decoding (KV cache) equals the full forward --------------------------------
 @pytest.mark.parametrize("spec", ["2-2-8", "2-2-2", "1-1-8", "1-1-1", "twn-2-2-2", "bit-1-1-1", "tbt-code-2-2-2",
-                                  "bitnet-8-2-8", "fqt-4-4-4"])
+                                  "bitnet-8-2-8", "fqt-4-4-4", "tbt-code-1-1-1", "tbt-code-2-2-8", "paretoq-2-2-2",
+                                  "paretoq-1-1-1"])
 def test_kv_cache_decoding_equals_full_forward(spec):
     qm = Q.quantize_model(tiny(seed=1), spec).to_dtype(np.float64)
     qm.eval()
@@ -191,7 +192,7 @@ def test_kv_cache_decoding_equals_full_forward(spec):
 
 
 # ---- quantization-aware training ------------------------------------------------------------
-@pytest.mark.parametrize("spec", ["2-2-2", "1-1-1"])
+@pytest.mark.parametrize("spec", ["2-2-2", "1-1-1", "paretoq-2-2-2", "paretoq-1-1-1"])
 def test_qat_loss_decreases(spec):
     fp = tiny(seed=2, n_encoder_layers=1, n_decoder_layers=1)
     qm = Q.quantize_model(fp, spec)

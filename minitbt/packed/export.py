@@ -20,6 +20,12 @@ def pack_model(model):
     """A packed copy of a quantization-aware model (the model itself is left as it is)."""
     if getattr(model, "quant_recipe", None) is None:
         raise ValueError("pack_model needs a quantized model (made by quantize_model / --quant)")
+    zeros = [n for n, q in model.named_modules() if getattr(q, "binary_zero", "plus") == "zero"
+             and getattr(q, "signed", False) and getattr(q, "precision", 0) == 1]
+    if zeros:
+        raise ValueError(f"pack_model: {zeros[0]} (and {len(zeros) - 1} more) maps an exact 0 to the code 0 "
+                         f"(binary_zero='zero'), which a 1-bit code cannot hold, so these activations would not "
+                         f"run on the 1-bit kernels; train with binary_zero='plus' (the default) to pack")
     packed = copy.deepcopy(model)
     packed.eval()
     with no_grad():

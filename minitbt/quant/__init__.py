@@ -4,6 +4,8 @@
     ste.py         straight-through estimators, Sign, ApproxSign, custom_quantizer
     weight.py      weight quantizers: TBT statistics-based, TWN, BWN, BitNet absmean, k-bit, binary coding, LAT
     activation.py  activation quantizers: TBT elastic, BiT elastic binary, min-max, A8, per-token int8, FQT
+    scale.py       learned scales: first-batch initialisation, the clamp, LSQ gradient and its scale
+    learned_weight.py  weights with a learned per-row scale: ParetoQ's stretched elastic quant (SEQ)
     layers.py      QuantLinear, QuantEmbedding
     recipe.py      QuantRecipe, "E-W-A" presets, quantize_model (TBT's placement), describe
 
@@ -18,18 +20,19 @@ from minitbt.quant.weight import (AbsMaxWeight, AbsMeanWeight, BinaryCodingWeigh
 from minitbt.quant.activation import (BiTElasticBinary, ElasticQuantizer, MinMaxQuantizer, PerChannelQuantizer,
                                       PerTokenAbsMax, SymmetricA8)
 from minitbt.quant.layers import QuantEmbedding, QuantLinear
+from minitbt.quant.learned_weight import SEQWeight
 from minitbt.quant.recipe import (ABLATIONS, METHODS, PRESETS, QuantRecipe, attach_lat_curvature, describe,
-                                  quantize_model, quantizers)
+                                  quantize_model, quantizer_parameters, quantizers)
 
 __all__ = [
     "Quantizer", "QCodes", "PlaneCodes",
     "STE_GRADS", "ste_grad", "identity_grad", "clipped_grad", "approx_sign_grad", "Sign", "ApproxSign",
     "CustomQuantizer", "custom_quantizer",
     "WeightQuantizer", "TBTTernaryWeight", "TBTBinaryWeight", "TWNWeight", "BWNWeight", "AbsMeanWeight",
-    "AbsMaxWeight", "BinaryCodingWeight", "LATWeight",
+    "AbsMaxWeight", "BinaryCodingWeight", "LATWeight", "SEQWeight",
     "ElasticQuantizer", "BiTElasticBinary", "MinMaxQuantizer", "SymmetricA8", "PerTokenAbsMax",
     "PerChannelQuantizer",
     "QuantLinear", "QuantEmbedding",
-    "QuantRecipe", "quantize_model", "describe", "quantizers", "attach_lat_curvature",
+    "QuantRecipe", "quantize_model", "describe", "quantizers", "quantizer_parameters", "attach_lat_curvature",
     "PRESETS", "METHODS", "ABLATIONS",
 ]

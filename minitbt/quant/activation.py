@@ -26,7 +26,11 @@ import numpy as np
 from minitbt.nn.module import Parameter
 from minitbt.quant.base import (QCodes, Quantizer, int_codes, round_ties, sign_ties, signed_levels,
                                 unsigned_levels)
+from minitbt.quant.scale import SCALE_EPS, LearnedScale, lsq_grad_factor, lsq_scale_grad   # noqa: F401
 from minitbt.tensor import Tensor
+
+BINARY_ZERO = ("plus", "zero")     # where an exact 0 goes at a signed 1-bit site: +a (sign(0) = +1) or 0
+ELASTIC_INIT = ("levels", "code")  # first-batch rule for a: Qp of the levels in use, or the released code's
 
 
 def _xdata(x):
@@ -36,47 +40,19 @@ def _xdata(x):
     return _check_finite("x", x.data if isinstance(x, Tensor) else np.asarray(x))
 
 
-def _lsq_scale_grad(g, q, u, inside):
-    """d(a*q)/da in the LSQ form (Esser et al. 2020):  round(u) - u inside the clip range,
-    the clip level (which equals q there) outside;  returns g * that."""
-    return g * np.where(inside, q - u, q)
+def _choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
 
 
-SCALE_EPS = 1e-5   # the smallest learned scale used in the forward
+def _binary_levels(u, binary_zero):
+    """Signed 1-bit codes of u: sign(u) in {-1, +1} with sign(0) = +1 ("plus"), or in {-1, 0, +1}
+    with an exact 0 kept at 0 ("zero", torch.sign as the released TBT code uses it)."""
+    return sign_ties(u, zero=binary_zero == "zero")
 
 
-class _LearnedScale(Quantizer):
-    """A quantizer with a learned scale ``a`` (a Parameter) initialised on the first batch.
-
-    The buffer ``initialized`` (saved in the state dict) records whether the first-batch
-    initialisation has happened; ``init_scale`` (a float) skips it.
-    """
-
-    def _setup_scale(self, shape, init_scale, learn_scale=True):
-        value = 1.0 if init_scale is None else init_scale
-        self.scale = Parameter(np.full(shape, value, dtype=np.float32), requires_grad=learn_scale)
-        self.register_buffer("initialized", np.array([init_scale is not None]))
-
-    def _maybe_init(self, x: np.ndarray) -> None:
-        if not bool(self.initialized[0]):
-            a = np.asarray(self._init_value(x), dtype=np.float64)
-            a = np.where(np.isfinite(a) & (a > SCALE_EPS), a, 1.0)
-            self.scale.data[...] = a
-            self.initialized[...] = True
-
-    def _a(self, x):
-        """The scale in use: max(a, SCALE_EPS), as the released TBT/BiT code clamps it
-        (``torch.where(alpha > eps, alpha, eps)``). The optimizer can push a learned scale
-        through zero (AdamW moves every parameter by about lr per step, and these scales are
-        ~1e-2); unclamped, a negative scale on an unsigned quantizer maps every input to 0 and
-        its gradient is 0 too, so it could never come back. The gradient goes to ``scale``
-        unchanged (straight through the clamp), so a scale below SCALE_EPS can come back if the
-        loss wants it (at 1-1-1 it does not: docs/results.md). Every learned-scale quantizer (TBT elastic, BiT,
-        FQT per-channel) reads its scale here."""
-        return np.maximum(self.scale.data, SCALE_EPS).astype(x.dtype, copy=False)
-
-
-class ElasticQuantizer(_LearnedScale):
+class ElasticQuantizer(LearnedScale):
     """TBT elastic activation quantizer: one learned scale a per quantized tensor.
 
     signed (centred per token first, X' = X - mean_last_axis(X)):
@@ -92,25 +68,33 @@ class ElasticQuantizer(_LearnedScale):
     Source: Liu et al., "Binary and Ternary Natural Language Generation", ACL 2023 (TBT); the
     scale gradient is LSQ's (Esser et al., ICLR 2020).
 
-    Initialisation: on the first call (any mode), a = 2 mean|X'| / sqrt(Qp) (signed) or
-    4 mean|X| / sqrt(Qp) (unsigned), the released code's rule (the paper gives none); with Qp = 1
-    the signed rule is 2 mean|X'|. ``init_scale=`` fixes a instead.
+    Initialisation on the first call (any mode), ``init="levels"`` (default):
+        a = 2 mean|X'| / sqrt(Qp) (signed),  a = 4 mean|X| / sqrt(Qp) (unsigned),  Qp of the levels above;
+    ``init="code"``, the released code's rule (its ``AlphaInit.initialize_wrapper``), on X as given:
+        a = 2 mean|X| / sqrt(max(1, 2^(k-1) - 1)) (signed),  a = 4 mean|X| / sqrt(2^k - 1) (unsigned).
+    The two differ for unsigned 2 bits only (sqrt(2) against sqrt(3): "levels" is sqrt(1.5) times
+    "code"), and where centring or shift_min changes X. The paper gives no rule. ``init_scale=`` fixes a.
     Released-code options: ``centre=False``; ``lsq_grad_scale=True`` multiplies dL/da by
     1/sqrt(N Qp), N = number of elements of X; ``shift_min=True`` (unsigned only) quantizes
     X - m with m = min over the last axis (per token) and adds m back: X_q = a*round(clip((X-m)/a, 0, Qp)) + m.
     On attention probabilities the masked keys (exact zeros) would enter that minimum and break
     step-by-step decoding equality, so quantize_model uses it on the FFN input only.
+    ``binary_zero="zero"`` (signed 1 bit): an exact X' = 0 gives X_q = 0 (code 0), as torch.sign in
+    the released code, instead of +a; such codes no longer fit one bit (pack_model refuses them).
     ``learn_scale=False`` freezes a.
     """
 
     def __init__(self, bits: int = 2, signed: bool = True, centre: bool = True, lsq_grad_scale: bool = False,
-                 shift_min: bool = False, init_scale: float = None, learn_scale: bool = True):
+                 shift_min: bool = False, init_scale: float = None, learn_scale: bool = True,
+                 init: str = "levels", binary_zero: str = "plus"):
         super().__init__()
         if shift_min and signed:
             raise ValueError("shift_min applies to unsigned quantizers only")
         self.precision, self.signed = int(bits), bool(signed)
         self.centre = bool(centre) and self.signed
         self.lsq_grad_scale, self.shift_min = bool(lsq_grad_scale), bool(shift_min)
+        self.init = _choice("init", init, ELASTIC_INIT)
+        self.binary_zero = _choice("binary_zero", binary_zero, BINARY_ZERO)
         self.qp = signed_levels(bits) if signed else unsigned_levels(bits)
         self.lo = -self.qp if signed else 0
         self._setup_scale((1,), init_scale, learn_scale)
@@ -125,8 +109,11 @@ class ElasticQuantizer(_LearnedScale):
         return x, np.zeros((), x.dtype)
 
     def _init_value(self, x):
-        xs, _ = self._shifted(x)
         k = 2.0 if self.signed else 4.0
+        if self.init == "code":                                  # Qp as AlphaInit computes it, X as given
+            qp = max(1, 2 ** (self.precision - 1) - 1) if self.signed else 2 ** self.precision - 1
+            return k * np.abs(x).mean() / np.sqrt(qp)
+        xs, _ = self._shifted(x)
         return k * np.abs(xs).mean() / np.sqrt(self.qp)
 
     def _quantize(self, x):
@@ -134,7 +121,7 @@ class ElasticQuantizer(_LearnedScale):
         a = self._a(x)
         u = xs / a
         if self.signed and self.precision == 1:
-            q = sign_ties(u)
+            q = _binary_levels(u, self.binary_zero)
             inside = np.abs(u) < 1
         else:
             q = np.clip(round_ties(u, self.qp), self.lo, self.qp)
@@ -147,11 +134,11 @@ class ElasticQuantizer(_LearnedScale):
         q, a, offset, u, inside = self._quantize(xd)
         y = q * a + offset
         binary_signed = self.signed and self.precision == 1
-        gscale = 1.0 / np.sqrt(xd.size * self.qp) if self.lsq_grad_scale else 1.0
+        gscale = lsq_grad_factor(xd.size, self.qp) if self.lsq_grad_scale else 1.0
 
         def backward(g):
             gx = g * inside
-            ga = (g * q).sum() if binary_signed else _lsq_scale_grad(g, q, u, inside).sum()
+            ga = (g * q).sum() if binary_signed else lsq_scale_grad(g, q, u, inside).sum()
             return gx, np.full(self.scale.data.shape, ga * gscale, dtype=self.scale.data.dtype)
         return Tensor.make(y.astype(xd.dtype, copy=False), (x, self.scale), backward, "elastic_quant")
 
@@ -169,12 +156,16 @@ class ElasticQuantizer(_LearnedScale):
             s += ", lsq_grad_scale"
         if self.shift_min:
             s += ", shift_min"
+        if self.init != "levels":
+            s += f", init={self.init}"
+        if self.signed and self.precision == 1 and self.binary_zero != "plus":
+            s += f", binary_zero={self.binary_zero}"
         if not self.scale.requires_grad:
             s += ", fixed scale"
         return s
 
 
-class BiTElasticBinary(_LearnedScale):
+class BiTElasticBinary(LearnedScale):
     """BiT elastic binary activation with learned scale a and learned offset b (two-set binarization).
 
         non-negative (signed=False):  X_B = a * round(clip((X - b)/a, 0, 1))   in {0, a}
@@ -184,14 +175,19 @@ class BiTElasticBinary(_LearnedScale):
         dX_B/dX = 1{inside},  dX_B/db = -1{inside},
         dX_B/da = round(u) - u inside, the clip level (0 or 1) outside (LSQ form); signed: sign(X - b)
     Initialisation on the first call: a = mean|X|, b = 0.
+    ``lsq_grad_scale=True`` multiplies dL/da (not dL/db: BiT's offset is a plain learned bias) by
+    1/sqrt(N), N = number of elements of X (Qp = 1), as BiT's and TBT's released code do.
+    ``binary_zero="zero"`` (signed): X = b exactly gives 0 instead of +a (torch.sign in that code).
     Source: Liu et al., "BiT: Robustly Binarized Multi-distilled Transformer", NeurIPS 2022.
     """
 
     precision = 1
 
-    def __init__(self, signed: bool = True, init_scale: float = None):
+    def __init__(self, signed: bool = True, init_scale: float = None, lsq_grad_scale: bool = False,
+                 binary_zero: str = "plus"):
         super().__init__()
-        self.signed = bool(signed)
+        self.signed, self.lsq_grad_scale = bool(signed), bool(lsq_grad_scale)
+        self.binary_zero = _choice("binary_zero", binary_zero, BINARY_ZERO)
         self._setup_scale((1,), init_scale)
         self.offset = Parameter(np.zeros(1, dtype=np.float32))
 
@@ -202,7 +198,7 @@ class BiTElasticBinary(_LearnedScale):
         a, b = self._a(x), self.offset.data.astype(x.dtype, copy=False)
         u = (x - b) / a
         if self.signed:
-            q = sign_ties(u)
+            q = _binary_levels(u, self.binary_zero)
             inside = np.abs(u) < 1
         else:
             q = np.clip(round_ties(u), 0, 1)
@@ -214,10 +210,11 @@ class BiTElasticBinary(_LearnedScale):
         self._maybe_init(xd)
         q, a, u, inside = self._quantize(xd)
         y = q * a + np.zeros((), xd.dtype)
+        gscale = lsq_grad_factor(xd.size, 1) if self.lsq_grad_scale else 1.0
 
         def backward(g):
             gx = g * inside
-            ga = (g * q).sum() if self.signed else _lsq_scale_grad(g, q, u, inside).sum()
+            ga = ((g * q).sum() if self.signed else lsq_scale_grad(g, q, u, inside).sum()) * gscale
             gb = -gx.sum()
             shape, dt = self.scale.data.shape, self.scale.data.dtype
             return gx, np.full(shape, ga, dtype=dt), np.full(shape, gb, dtype=dt)
@@ -230,7 +227,12 @@ class BiTElasticBinary(_LearnedScale):
         return QCodes(int_codes(q, -1, 1), a, np.zeros((), xd.dtype))
 
     def extra_repr(self):
-        return "{-a, a}, learned offset" if self.signed else "{0, a}, learned offset"
+        s = "{-a, a}, learned offset" if self.signed else "{0, a}, learned offset"
+        if self.lsq_grad_scale:
+            s += ", lsq_grad_scale"
+        if self.signed and self.binary_zero != "plus":
+            s += f", binary_zero={self.binary_zero}"
+        return s
 
 
 class MinMaxQuantizer(Quantizer):
@@ -326,7 +328,7 @@ class PerTokenAbsMax(MinMaxQuantizer):
         super().__init__(bits=bits, signed=True, clip=None, per_token=True)
 
 
-class PerChannelQuantizer(_LearnedScale):
+class PerChannelQuantizer(LearnedScale):
     """FQT per-channel uniform quantizer with learned scales s_c (one per last-axis channel):
 
         signed:    X_q = s_c * round(clip(X/s_c, -Qp, Qp)),  Qp = 2^(k-1) - 1
@@ -335,14 +337,17 @@ class PerChannelQuantizer(_LearnedScale):
                    summed over every axis but the channel axis.
     ``channels=None`` gives one learned scale for the whole tensor (for inputs whose last axis
     varies in length, such as attention probabilities). Initialisation on the first call:
-    s_c = max|X_c| / Qp (min-max over the first batch).
+    s_c = max|X_c| / Qp (min-max over the first batch). ``lsq_grad_scale=True`` multiplies dL/ds_c by
+    LSQ's 1/sqrt(N Qp), N = the elements one scale serves (X.size / C, or X.size with one scale).
     Source: Prato et al., "Fully Quantized Transformer for Machine Translation", Findings of EMNLP 2020;
     learned-scale gradient from LSQ (Esser et al. 2020).
     """
 
-    def __init__(self, channels: int = None, bits: int = 8, signed: bool = True, init_scale: float = None):
+    def __init__(self, channels: int = None, bits: int = 8, signed: bool = True, init_scale: float = None,
+                 lsq_grad_scale: bool = False):
         super().__init__()
         self.channels, self.precision, self.signed = channels, int(bits), bool(signed)
+        self.lsq_grad_scale = bool(lsq_grad_scale)
         self.qp = signed_levels(bits) if signed else 2 ** bits - 1
         self.lo = -self.qp if signed else 0
         self._setup_scale((channels if channels else 1,), init_scale)
@@ -366,11 +371,13 @@ class PerChannelQuantizer(_LearnedScale):
         self._maybe_init(xd)
         q, a, u, inside = self._quantize(xd)
         y = q * a + np.zeros((), xd.dtype)
+        served = xd.size // self.channels if self.channels else xd.size     # elements per scale
+        gscale = lsq_grad_factor(served, self.qp) if self.lsq_grad_scale else 1.0
 
         def backward(g):
-            gs = _lsq_scale_grad(g, q, u, inside)
+            gs = lsq_scale_grad(g, q, u, inside)
             gs = gs.reshape(-1, gs.shape[-1]).sum(axis=0) if self.channels else np.full(1, gs.sum())
-            return g * inside, gs.astype(self.scale.data.dtype)
+            return g * inside, (gs * gscale).astype(self.scale.data.dtype)
         return Tensor.make(y.astype(xd.dtype, copy=False), (x, self.scale), backward, "per_channel_quant")
 
     def codes(self, x) -> QCodes:
@@ -381,4 +388,5 @@ class PerChannelQuantizer(_LearnedScale):
 
     def extra_repr(self):
         ch = f"{self.channels} channels" if self.channels else "one scale"
-        return f"{self.precision}-bit, {'signed' if self.signed else 'unsigned'}, {ch}"
+        s = f"{self.precision}-bit, {'signed' if self.signed else 'unsigned'}, {ch}"
+        return s + (", lsq_grad_scale" if self.lsq_grad_scale else "")

@@ -90,9 +90,13 @@ def round_ties(u: np.ndarray, span: float = 1) -> np.ndarray:
     return np.rint(np.where(np.abs(u - b) < _tie_tol(u, span), b, u))
 
 
-def sign_ties(u: np.ndarray) -> np.ndarray:
-    """sign(u) in {-1, +1} (sign(0) = +1), with |u| inside the tie window counted as 0."""
-    return np.where((u >= 0) | (np.abs(u) < _tie_tol(u, 1)), 1.0, -1.0).astype(u.dtype)
+def sign_ties(u: np.ndarray, zero: bool = False) -> np.ndarray:
+    """sign(u) in {-1, +1} (sign(0) = +1), with |u| inside the tie window counted as 0.
+    ``zero=True``: in {-1, 0, +1}, 0 for |u| inside the tie window (torch.sign's sign(0) = 0)."""
+    tie = np.abs(u) < _tie_tol(u, 1)
+    if zero:
+        return np.where(tie, 0.0, np.where(u > 0, 1.0, -1.0)).astype(u.dtype)
+    return np.where((u >= 0) | tie, 1.0, -1.0).astype(u.dtype)
 
 
 def unsigned_levels(bits: int) -> int:

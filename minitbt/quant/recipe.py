@@ -9,7 +9,9 @@ and a method that picks the quantizer families:
     method        weights (W=1 / W=2 / W>=3)                 activations (A<8; A=8 -> SymmetricA8 per token)
     tbt (default) TBTBinary / TBTTernary per row / AbsMax     ElasticQuantizer (learned a, centred signed)
     tbt-code      as tbt, released code: centre=False,        ElasticQuantizer(centre=False, lsq_grad_scale,
-                  identity STE                                shift_min on the FFN's unsigned input)
+                  identity STE                                shift_min on the FFN's unsigned input,
+                                                              init="code", binary_zero="zero");
+                                                              A=8 unsigned sites: a8_unsigned="minmax"
     twn, bwn      BWN / TWN (per tensor; embedding per row)   MinMaxQuantizer (dynamic, not learned)   [baseline]
     twn+elastic   BWN / TWN                                   ElasticQuantizer   [ablation: + learned activations]
     bwn+elastic   (same as twn+elastic)
@@ -21,6 +23,13 @@ and a method that picks the quantizer families:
     bcq           BinaryCodingWeight(k) per row               ElasticQuantizer
     fqt           BWN(per row) / AbsMaxWeight per row         PerChannelQuantizer (learned per-channel,
                                                               unsigned after ReLU / softmax); A=8 too
+    paretoq       SEQWeight (learned scale per row:           ElasticQuantizer (as tbt)
+                  binary / stretched ternary {-2/3,0,2/3}a)
+
+Options (QuantRecipe fields; the defaults keep the recipe of the shipped models; docs/quantization.md,
+"Released code vs paper: the options"): lsq_grad_scale, elastic_init, a8_unsigned, binary_zero,
+centre, weight_ste, shift_min, a8_per_token, a8_clip. ``QuantRecipe.parse_options("lsq_grad_scale=1,...")``
+reads them from text (the training option --quant-options).
 
 The ablation of TBT (Table "2-2-2", CNN/DM R1 12.92 -> 13.34 -> 19.34 -> 41.03) is ``ABLATIONS["2-2-2"]``:
 twn-2-2-2 (baseline), twn+elastic-2-2-2, stats-2-2-2, tbt-2-2-2 (= "2-2-2"); at 1-1-1 with bwn.
@@ -38,7 +47,7 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from minitbt.nn.attention import MultiHeadAttention
 from minitbt.nn.layers import Embedding, LayerNorm, Linear
@@ -47,6 +56,7 @@ from minitbt.quant import activation as A
 from minitbt.quant import weight as W
 from minitbt.quant.base import Quantizer
 from minitbt.quant.layers import QuantEmbedding, QuantLinear
+from minitbt.quant.learned_weight import SEQWeight
 
 FP_BITS = 16   # bits >= this mean "leave in full precision"
 
@@ -64,6 +74,7 @@ METHODS = {
     "lat": ("lat", "minmax"),
     "bcq": ("bcq", "elastic"),
     "fqt": ("fqt", "fqt"),
+    "paretoq": ("seq", "elastic"),
 }
 
 # named presets (every "[method-]E-W-A" string is accepted; these are the ones the docs discuss)
@@ -87,6 +98,7 @@ PRESETS = {
     "bcq-3-3-32": "Chung et al.: 3-bit binary-coding weights, FP activations",
     "fqt-8-8-8": "FQT: 8-bit, learned per-channel activation scales",
     "fqt-4-4-4": "FQT: 4-bit",
+    "paretoq-2-2-2": "ParetoQ's stretched elastic ternary weights (learned scales) with TBT activations",
 }
 
 ABLATIONS = {
@@ -95,6 +107,13 @@ ABLATIONS = {
     "1-1-1": [("BWN baseline", "bwn-1-1-1"), ("+ learned activations", "bwn+elastic-1-1-1"),
               ("+ statistics weights", "stats-1-1-1"), ("+ both (TBT)", "tbt-1-1-1")],
 }
+
+# The released TBT code's choices, all at once: method "tbt-code" (docs/quantization.md)
+TBT_CODE = dict(centre=False, weight_ste="identity", lsq_grad_scale=True, shift_min=True,
+                elastic_init="code", a8_unsigned="minmax", binary_zero="zero")
+A8_UNSIGNED = ("symmetric", "minmax")
+_NOT_OPTIONS = ("embed_bits", "weight_bits", "act_bits", "method", "name")
+_BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 _SPEC = re.compile(r"^(?:(?P<method>.+)-)?(?P<e>\d+)-(?P<w>\d+)-(?P<a>\d+)$")
 
@@ -110,10 +129,13 @@ class QuantRecipe:
     activations: str = "elastic"    # activation family
     centre: bool = True             # TBT: mean-centre weights and signed activations (paper); code: False
     weight_ste: str = "clipped"     # TBT weights: "clipped" (paper) or "identity" (code)
-    lsq_grad_scale: bool = False    # code: scale dL/da by 1/sqrt(N Qp)
+    lsq_grad_scale: bool = False    # code: scale dL/da by 1/sqrt(N Qp) (elastic, BiT, FQT scales)
     shift_min: bool = False         # code: unsigned elastic quantizers shift by the per-token minimum
     a8_per_token: bool = True       # SymmetricA8 per token (decoding-safe) or per tensor (paper)
     a8_clip: float = 2.5            # SymmetricA8's clipping range (None: no clipping)
+    elastic_init: str = "levels"    # first-batch a: Qp of the levels in use; "code": the released rule
+    a8_unsigned: str = "symmetric"  # A8 at probabilities and fc2's input: SymmetricA8; "minmax": 255 levels
+    binary_zero: str = "plus"       # signed 1-bit activations: exact 0 -> +a; "zero": -> 0 (code; no packing)
     name: str = field(default="")
 
     def __post_init__(self):
@@ -133,6 +155,10 @@ class QuantRecipe:
             raise ValueError(f"weight_ste must be 'clipped' or 'identity', got {self.weight_ste!r}")
         if self.a8_clip is not None and not self.a8_clip > 0:
             raise ValueError(f"a8_clip must be > 0 or None, got {self.a8_clip!r}")
+        for name, allowed in (("elastic_init", A.ELASTIC_INIT), ("a8_unsigned", A8_UNSIGNED),
+                              ("binary_zero", A.BINARY_ZERO)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     @classmethod
     def parse(cls, spec: str, method: str = None, **overrides) -> "QuantRecipe":
@@ -149,22 +175,55 @@ class QuantRecipe:
         r = cls(int(m.group("e")), int(m.group("w")), int(m.group("a")), method, wf, af,
                 name=f"{method}-{m.group('e')}-{m.group('w')}-{m.group('a')}")
         if method == "tbt-code":
-            r = replace(r, centre=False, weight_ste="identity", lsq_grad_scale=True, shift_min=True)
+            r = replace(r, **TBT_CODE)
         for b in (r.embed_bits, r.weight_bits, r.act_bits):
             if b < 1:
                 raise ValueError(f"bits must be >= 1 in {spec!r}")
         return replace(r, **overrides)
 
+    @classmethod
+    def parse_options(cls, text: str) -> dict:
+        """"name=value,name=value" -> {field: typed value}, the overrides of --quant-options.
+
+        Any QuantRecipe field but the bits, the method and the name (those come from the recipe
+        spec): booleans as 1/0/true/false/yes/no, a8_clip as a number or "none", the rest as text,
+        e.g. "lsq_grad_scale=1,binary_zero=zero" or "weights=seq". A bad name or value is a ValueError."""
+        known = {f.name: f for f in fields(cls) if f.name not in _NOT_OPTIONS}
+        out = {}
+        for item in (part.strip() for part in (text or "").split(",")):
+            if not item:
+                continue
+            name, eq, value = (s.strip() for s in item.partition("="))
+            if not eq or name not in known:
+                raise ValueError(f"quant option {item!r} is not name=value with a name from {sorted(known)}")
+            default = known[name].default
+            if isinstance(default, bool):
+                low = value.lower()
+                if low not in _BOOLS:
+                    raise ValueError(f"quant option {name} takes 1/0, true/false or yes/no, got {value!r}")
+                out[name] = _BOOLS[low]
+            elif name == "a8_clip":
+                try:
+                    out[name] = None if value.lower() == "none" else float(value)
+                except ValueError:
+                    raise ValueError(f"quant option a8_clip takes a number or none, got {value!r}") from None
+            else:
+                out[name] = value
+        return out
+
     # ---- quantizer factories ------------------------------------------------------------
-    def weight_quantizer(self, bits: int, embedding: bool = False):
-        """The quantizer for a weight matrix at ``bits`` (embedding: per row)."""
+    def weight_quantizer(self, bits: int, embedding: bool = False, rows: int = None):
+        """The quantizer for a weight matrix at ``bits`` (embedding: per row); ``rows``, the
+        matrix's number of rows, sizes the learned per-row scales of the "seq" family."""
         if bits >= FP_BITS:
             return None
         fam = self.weights
         if fam == "bcq":
             return W.BinaryCodingWeight(bits)
         if bits >= 3:
-            return W.AbsMaxWeight(bits, per_row=embedding or fam in ("tbt", "fqt"))
+            return W.AbsMaxWeight(bits, per_row=embedding or fam in ("tbt", "fqt", "seq"))
+        if fam == "seq":
+            return SEQWeight(bits, rows)
         if fam == "tbt":
             cls = W.TBTBinaryWeight if bits == 1 else W.TBTTernaryWeight
             return cls(per_row=True, centre=self.centre, ste=self.weight_ste)
@@ -189,18 +248,21 @@ class QuantRecipe:
         if bits >= FP_BITS:
             return None
         if fam == "fqt":
-            return A.PerChannelQuantizer(channels, bits, signed)
+            return A.PerChannelQuantizer(channels, bits, signed, lsq_grad_scale=self.lsq_grad_scale)
         if fam == "absmax":
             return A.PerTokenAbsMax(bits)
         if bits == 8:
+            if not signed and self.a8_unsigned == "minmax":      # 255 levels from 0 to max (see the class)
+                return A.MinMaxQuantizer(8, signed=False, clip=self.a8_clip, per_token=self.a8_per_token)
             return A.SymmetricA8(clip=self.a8_clip, per_token=self.a8_per_token)
         if fam == "minmax":
             return A.MinMaxQuantizer(bits, signed)
         if fam == "bit" and bits == 1:
-            return A.BiTElasticBinary(signed)
+            return A.BiTElasticBinary(signed, lsq_grad_scale=self.lsq_grad_scale, binary_zero=self.binary_zero)
         centre = self.centre and fam != "bit"
         return A.ElasticQuantizer(bits, signed, centre=centre, lsq_grad_scale=self.lsq_grad_scale,
-                                  shift_min=self.shift_min and not signed and not probabilities)
+                                  shift_min=self.shift_min and not signed and not probabilities,
+                                  init=self.elastic_init, binary_zero=self.binary_zero)
 
 
 def _as_recipe(recipe, method=None, **overrides) -> QuantRecipe:
@@ -233,7 +295,8 @@ def quantize_model(model, recipe="2-2-8", method: str = None, inplace: bool = Fa
             mod.fc2 = _quant_linear(mod.fc2, r, signed=False)     # input after the ReLU: non-negative
     emb = getattr(qm, "embed", None)
     if isinstance(emb, Embedding) and not isinstance(emb, QuantEmbedding):
-        qm.embed = QuantEmbedding.from_embedding(emb, r.weight_quantizer(r.embed_bits, embedding=True))
+        qm.embed = QuantEmbedding.from_embedding(emb, r.weight_quantizer(r.embed_bits, embedding=True,
+                                                                         rows=emb.num_embeddings))
     qm.quant_recipe = r
     return qm
 
@@ -241,13 +304,25 @@ def quantize_model(model, recipe="2-2-8", method: str = None, inplace: bool = Fa
 def _quant_linear(lin: Linear, r: QuantRecipe, signed: bool) -> QuantLinear:
     if isinstance(lin, QuantLinear):
         raise ValueError("the model is already quantized")
-    return QuantLinear.from_linear(lin, r.weight_quantizer(r.weight_bits),
+    return QuantLinear.from_linear(lin, r.weight_quantizer(r.weight_bits, rows=lin.out_features),
                                    r.act_quantizer(signed, lin.in_features))
 
 
 def quantizers(model):
     """(name, quantizer) for every quantizer in the model."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, Quantizer)]
+
+
+def quantizer_parameters(model) -> list:
+    """The Parameters that quantizers own (learned scales, BiT offsets), each once: what
+    ``--clip-scales`` keeps out of the global gradient-norm clip."""
+    seen, out = set(), []
+    for _, q in quantizers(model):
+        for p in q.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
 
 
 def describe(model, as_text: bool = False):

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The quantization pilot: short QAT runs of each candidate recipe at 2-2-2 and 1-1-1 on ddtp-en-de,
+# to choose what the full runs of docs/tbt_table.sh should use (docs/quantization.md, "The pilot").
+#
+#     bash docs/pilot.sh list                          # the candidates
+#     bash docs/pilot.sh tbt-2-2-2 lsq-2-2-2 ...       # run candidates, one after another
+#     bash docs/pilot.sh seqkd-data                    # the sequence-level KD task (before seqkd-*)
+#     bash docs/pilot.sh table                         # the pilot table from runs/pilot/*/metrics.jsonl
+#     DRY=1 bash docs/pilot.sh $(bash docs/pilot.sh list)   # print every command without running it
+#
+#     TEACHER=runs/ddtp-fp192/best.npz MINUTES=30 STEPS=600 bash docs/pilot.sh tbt-1-1-1
+#
+# Every candidate starts from TEACHER's weights (--init) and distils from it (--teacher), with one
+# BLAS thread. A run stops after MINUTES of training (validation excluded) or STEPS steps, whichever
+# comes first; the learning rate decays linearly to 0 at STEPS, so set STEPS to about what one run
+# reaches in MINUTES (1,000 for the shipped d_model 128 teacher at 1-1-1; fewer for a wider one),
+# the same for every candidate. multistep-* starts from stage-* (run that first), seqkd-* from
+# seqkd-data. A candidate writes $OUT/<name>/ and $OUT/<name>.log (OUT=runs/pilot by default).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TEACHER=${TEACHER:-models/ddtp-en-de-fp.npz}
+MINUTES=${MINUTES:-30}
+STEPS=${STEPS:-1000}
+WARMUP=${WARMUP:-50}
+LR=${LR:-5e-4}                      # TBT's A2/A1 learning rate (docs/tbt_table.sh)
+EVAL_SENTENCES=${EVAL_SENTENCES:-500}
+OUT=${OUT:-runs/pilot}
+SEQKD_TASK=$OUT/data/ddtp-en-de-seqkd
+SEQKD_BEAM=${SEQKD_BEAM:-1}
+
+BASE="--preset small --task data/ddtp-en-de --teacher $TEACHER --init $TEACHER --lr $LR --warmup $WARMUP \
+      --max-steps $STEPS --max-minutes $MINUTES --eval-every 250 --eval-sentences $EVAL_SENTENCES"
+
+# candidate -> its flags (the bits, E-W-A, are the candidate's suffix)
+flags() {
+    local name=$1 bits
+    bits=$(echo "$name" | grep -o '[0-9]-[0-9]-[0-9]$') || return 1
+    case "$name" in
+        tbt-*)          echo "$BASE --quant $bits" ;;                                       # the default (paper)
+        lsq-clipsep-*)  echo "$BASE --quant $bits --quant-options lsq_grad_scale=1 --clip-scales separate" ;;
+        lsq-*)          echo "$BASE --quant $bits --quant-options lsq_grad_scale=1" ;;     # LSQ's 1/sqrt(N Qp)
+        clipsep-*)      echo "$BASE --quant $bits --clip-scales separate" ;;               # scales out of the clip
+        code-*)         echo "$BASE --quant tbt-code-$bits" ;;                              # the released code
+        seqkd-*)        echo "${BASE/--task data\/ddtp-en-de/--task $SEQKD_TASK} --quant $bits" ;;  # Kim & Rush 2016
+        stage-*)        echo "${BASE/--lr $LR/--lr 2.5e-4} --quant $bits" ;;                # multi-step, stage 1 (A8)
+        multistep-2-2-2) echo "${BASE//$TEACHER/$OUT/stage-2-2-8/best.npz} --quant 2-2-2" ;;  # FP -> 2-2-8 -> 2-2-2
+        multistep-1-1-1) echo "${BASE//$TEACHER/$OUT/stage-1-1-8/best.npz} --quant 1-1-1" ;;  # FP -> 1-1-8 -> 1-1-1
+        bit-1-1-1)      echo "$BASE --quant bit-1-1-1" ;;                                   # BiT two-set, learned offset
+        paretoq-*)      echo "$BASE --quant paretoq-$bits" ;;                               # SEQ weights, learned scales
+        kdt2-*)         echo "$BASE --quant $bits --kd-temperature 2" ;;
+        lrhi-*)         echo "${BASE/--lr $LR/--lr 1e-3} --quant $bits" ;;
+        lrlo-*)         echo "${BASE/--lr $LR/--lr 2.5e-4} --quant $bits" ;;
+        long-*)         local b=${BASE/--max-minutes $MINUTES/--max-minutes $((2 * MINUTES))}     # budget x2
+                        echo "${b/--max-steps $STEPS/--max-steps $((2 * STEPS))} --quant $bits" ;;
+        *) return 1 ;;
+    esac
+}
+
+CANDIDATES="tbt-2-2-2 lsq-2-2-2 clipsep-2-2-2 lsq-clipsep-2-2-2 code-2-2-2 seqkd-2-2-2 stage-2-2-8 multistep-2-2-2
+            paretoq-2-2-2 kdt2-2-2-2 lrhi-2-2-2 lrlo-2-2-2 long-2-2-2
+            tbt-1-1-1 lsq-1-1-1 clipsep-1-1-1 lsq-clipsep-1-1-1 code-1-1-1 seqkd-1-1-1 stage-1-1-8 multistep-1-1-1
+            bit-1-1-1 paretoq-1-1-1 kdt2-1-1-1 lrhi-1-1-1 lrlo-1-1-1 long-1-1-1"
+
+table() {
+    python - "$OUT" <<'EOF'
+import json, os, sys
+out = sys.argv[1]
+print("| variant | steps | minutes | valid loss | valid BLEU | best BLEU (step) |")
+print("|---|---:|---:|---:|---:|---:|")
+for name in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+    log = os.path.join(out, name, "metrics.jsonl")
+    if not os.path.exists(log):
+        continue
+    with open(log) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    if not lines:
+        continue
+    last, best = lines[-1], max(lines, key=lambda r: r.get("bleu", 0))
+    print(f"| {name} | {last['step']} | {last['minutes']:.1f} | {last['valid_loss']:.3f} | {last.get('bleu', 0):.2f} "
+          f"| {best.get('bleu', 0):.2f} ({best['step']}) |")
+EOF
+}
+
+case "${1:-list}" in
+    list) echo $CANDIDATES; exit 0 ;;
+    table) table; exit 0 ;;
+esac
+
+for name in "$@"; do
+    if [ "$name" = seqkd-data ]; then               # the teacher's greedy outputs as the training targets
+        mkdir -p "$OUT/data"
+        python -c "import json, sys; from minitbt.distill import sequence_kd_task; \
+print(json.dumps(sequence_kd_task(sys.argv[1], 'data/ddtp-en-de', sys.argv[2], beam=int(sys.argv[3]), force=True)))" \
+            "$TEACHER" "$SEQKD_TASK" "$SEQKD_BEAM" | tee "$OUT/seqkd-data.json"
+        continue
+    fi
+    args=$(flags "$name") || { echo "unknown candidate $name; candidates: $CANDIDATES" >&2; exit 2; }
+    args=$(echo $args)                                # one space between flags
+    echo "== $name: minitbt --threads 1 train $args --out $OUT/$name"
+    if [ -n "${DRY:-}" ]; then continue; fi          # DRY=1: print the commands only
+    case "$name" in
+        multistep-*) stage="$OUT/stage-$(echo "$name" | sed 's/multistep-\([0-9]\)-\([0-9]\)-.*/\1-\2-8/')/best.npz"
+                     [ -f "$stage" ] || { echo "$name starts from $stage: run stage-* first" >&2; exit 2; } ;;
+        seqkd-*)     [ -f "$SEQKD_TASK/task.json" ] || { echo "$name needs $SEQKD_TASK: run seqkd-data first" >&2; exit 2; } ;;
+    esac
+    mkdir -p "$OUT"
+    # shellcheck disable=SC2086
+    minitbt --threads 1 train $args --out "$OUT/$name" > "$OUT/$name.log" 2>&1
+    tail -n 1 "$OUT/$name.log"
+done
