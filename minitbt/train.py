@@ -118,7 +118,7 @@ PRESETS = {
     # a few minutes on a laptop CPU; BLEU worth showing on ddtp-en-de within 10 minutes
     "tiny": dict(d_model=128, n_layers=2, d_ff=512, max_src_len=64, max_tgt_len=64, lr=2e-3,
                  warmup=100, max_steps=1400, eval_every=350),
-    # the shipped full-precision models (BENCHMARKS.md calibration architecture)
+    # the shipped full-precision models (the calibration architecture of docs/benchmark-rules.md)
     "small": dict(d_model=128, n_layers=3, d_ff=512, max_src_len=96, max_tgt_len=96, lr=1.5e-3,
                   warmup=300, max_steps=4000, eval_every=500),
     # a test-sized run (seconds)
