@@ -113,7 +113,7 @@ def main(argv=None):
     torch.manual_seed(args.seed + rank)                    # dropout masks differ by rank, as data does
 
     minitbt_model, meta = load_minitbt(args.model)
-    if minitbt_model.quant_recipe is None:
+    if getattr(minitbt_model, "quant_recipe", None) is None:
         print(f"[rank {rank}] note: {args.model} is full precision; fine-tuning it without quantizers")
     tokenizer = tokenizer_from_header(meta, args.model) or load_tokenizer(args.task)
     trained = meta.get("train_config", {})
@@ -168,9 +168,9 @@ def main(argv=None):
         model = from_torch(module.cpu()).eval()
         keep = {k: meta[k] for k in ("task", "train_config") if k in meta}
         save_model(os.path.join(args.out, "model.npz"), model, tokenizer=tokenizer.to_str(), **keep)
-        if model.quant_recipe is not None:
+        if getattr(model, "quant_recipe", None) is not None:
             save_packed(os.path.join(args.out, "model.packed.npz"), pack_model(model), tokenizer=tokenizer.to_str())
-        print(f"wrote {args.out}/model.npz" + (" and model.packed.npz" if model.quant_recipe is not None else ""))
+        print(f"wrote {args.out}/model.npz" + (" and model.packed.npz" if getattr(model, "quant_recipe", None) is not None else ""))
     dist.barrier()
     dist.destroy_process_group()
 

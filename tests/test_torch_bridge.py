@@ -28,7 +28,7 @@ from minitbt.packed import pack_model  # noqa: E402
 from minitbt.tensor import Tensor  # noqa: E402
 from minitbt.torch import from_torch, to_torch, translate  # noqa: E402
 from minitbt.torch import greedy as torch_greedy  # noqa: E402
-from minitbt.torch import quantizers as TQ  # noqa: E402
+from minitbt.torch import quant as TQ  # noqa: E402
 
 torch.set_num_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

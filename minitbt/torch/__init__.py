@@ -10,8 +10,9 @@
 
     model.py       Seq2SeqTransformer, MultiHeadAttention, QuantLinear, QuantEmbedding: minitbt/nn and
                    minitbt/quant/layers.py in PyTorch; greedy(module, src) decodes with minitbt's loop
-    quantizers.py  the quantizers of minitbt.quant as torch.autograd.Functions (TBT, BiT, TWN, BWN,
-                   BitNet, A8 / min-max), each a translation of the minitbt class of the same name
+    quant/         the quantizers of minitbt.quant as torch.autograd.Functions (TBT, BiT, TWN, BWN,
+                   BitNet, A8 / min-max), each a translation of the minitbt class of the same name:
+                   base.py, weight.py, activation.py, as in minitbt/quant/
     convert.py     to_torch, from_torch, load_minitbt (.npz checkpoints and .safetensors exports)
 
 docs/pytorch.md walks through it; examples/ddp_qat.py fine-tunes a converted model with
@@ -25,7 +26,7 @@ except ImportError as exc:                                  # pragma: no cover -
 from minitbt.torch.convert import from_torch, load_minitbt, to_torch
 from minitbt.torch.model import (MultiHeadAttention, QuantEmbedding, QuantLinear, Seq2SeqTransformer,
                                  greedy)
-from minitbt.torch.quantizers import TRANSLATIONS, Quantizer, translate
+from minitbt.torch.quant import TRANSLATIONS, Quantizer, translate
 
 __all__ = ["to_torch", "from_torch", "load_minitbt", "Seq2SeqTransformer", "MultiHeadAttention", "QuantLinear",
            "QuantEmbedding", "greedy", "Quantizer", "TRANSLATIONS", "translate"]

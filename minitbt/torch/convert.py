@@ -19,7 +19,7 @@ import torch
 from minitbt.nn.transformer import Seq2SeqTransformer as MinitbtTransformer
 from minitbt.nn.transformer import TransformerConfig
 from minitbt.torch.model import MultiHeadAttention, QuantEmbedding, QuantLinear, Seq2SeqTransformer
-from minitbt.torch.quantizers import Quantizer, translate
+from minitbt.torch.quant import Quantizer, translate
 
 # where a quantizer may sit in the PyTorch model, by the class of its parent module
 SITES = {QuantLinear: ("weight_quantizer", "input_quantizer"), QuantEmbedding: ("weight_quantizer",),
@@ -37,7 +37,7 @@ def load_minitbt(path: str):
 
 def to_torch(path_or_model, dtype: torch.dtype = torch.float32, device=None) -> Seq2SeqTransformer:
     """The PyTorch module of a minitbt model: same architecture, weights, learned scales (and their
-    ``initialized`` flags), and each quantizer translated (minitbt/torch/quantizers.py).
+    ``initialized`` flags), and each quantizer translated (minitbt/torch/quant/).
 
     path_or_model: a minitbt Seq2SeqTransformer (float or fake-quantized), or the path of a
     checkpoint (.npz) or a safetensors export. ``dtype``: the module's float type (float64 for

@@ -12,7 +12,7 @@ as it is, and this module's state dict loads into minitbt.
 Post-LN (BART): x = LN(x + dropout(f(x))), a LayerNorm on the embeddings; pre-LN: x = x + dropout(f(LN(x))),
 a final LayerNorm. Every linear layer is a ``QuantLinear`` (both quantizers None = an ordinary
 linear layer) and the token embedding a ``QuantEmbedding``; ``to_torch`` puts minitbt's quantizers
-(translated, minitbt/torch/quantizers.py) where the minitbt model has them.
+(translated, minitbt/torch/quant/) where the minitbt model has them.
 """
 from __future__ import annotations
 
