@@ -318,6 +318,20 @@ def test_recipe_logits_gradients_and_scale_init(recipe, variant):
         np.testing.assert_allclose(back[key], arr, rtol=1e-13, atol=0, err_msg=key)
 
 
+def test_per_layer_ffn_widths_convert():
+    """A config with one FFN width per layer (a pruned model) converts both ways."""
+    from minitbt.nn import TransformerConfig
+    if "ffn_widths" not in TransformerConfig.__dataclass_fields__:
+        pytest.skip("this minitbt has no per-layer FFN widths")
+    model = quantize(build_model(**TINY, ffn_widths=[5, 7, 3]), "2-2-8").to_dtype(np.float64).eval()
+    module = to_torch(model, dtype=torch.float64)
+    assert module.decoder[1].ffn.fc1.weight.shape == (3, 16)
+    src = np.array([[4, 5, 6, 2], [7, 8, 2, 0]])
+    with torch.no_grad():
+        assert np.abs(model(src, src).data - module(src, src).numpy()).max() <= 1e-9
+    assert from_torch(module).decoder[1].ffn.fc2.weight.data.shape == (16, 3)
+
+
 def test_from_torch_refuses_a_quantizer_its_recipe_does_not_place():
     model = quantize(build_model(**TINY), "2-2-8")
     module = to_torch(model)
@@ -343,7 +357,7 @@ def test_export_safetensors_loads_with_safetensors_and_minitbt_torch(tmp_path, b
         for key in state:
             np.testing.assert_array_equal(f.get_tensor(key), state[key], err_msg=key)
     assert header["format"] == "minitbt"
-    assert json.loads(header["model_config"]) == meta["model_config"]
+    assert json.loads(header["model_config"]) == model.config.to_dict()
     assert json.loads(header["quant"])["name"] == "tbt-1-1-1"
     assert header["tokenizer"] == meta["tokenizer"]
     module = to_torch(model).eval()

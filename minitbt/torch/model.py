@@ -158,12 +158,14 @@ class MultiHeadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """y = fc2(act(fc1(x))), fc1: d -> d_ff, fc2: d_ff -> d; act ReLU, GELU or tanh-GELU."""
+    """y = fc2(act(fc1(x))), fc1: d -> d_ff, fc2: d_ff -> d; act ReLU, GELU or tanh-GELU
+    (``width``: this layer's d_ff when the config gives one per layer)."""
 
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, cfg: TransformerConfig, width: int = None):
         super().__init__()
-        self.fc1 = QuantLinear(cfg.d_model, cfg.d_ff)
-        self.fc2 = QuantLinear(cfg.d_ff, cfg.d_model)
+        width = width or cfg.d_ff
+        self.fc1 = QuantLinear(cfg.d_model, width)
+        self.fc2 = QuantLinear(width, cfg.d_model)
         self.activation = cfg.activation
 
     def forward(self, x):                                  # (B, T, d) -> (B, T, d)
@@ -191,11 +193,11 @@ class _Sublayer(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, cfg: TransformerConfig, width: int = None):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads)
         self.attn_block = _Sublayer(cfg)
-        self.ffn = FeedForward(cfg)
+        self.ffn = FeedForward(cfg, width)
         self.ffn_block = _Sublayer(cfg)
 
     def forward(self, x, src_pad):                         # (B, S, d), (B, S) bool
@@ -204,13 +206,13 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, cfg: TransformerConfig, width: int = None):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads)
         self.self_block = _Sublayer(cfg)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads)
         self.cross_block = _Sublayer(cfg)
-        self.ffn = FeedForward(cfg)
+        self.ffn = FeedForward(cfg, width)
         self.ffn_block = _Sublayer(cfg)
 
     def forward(self, x, memory, src_pad, tgt_pad=None, cache=None):
@@ -219,6 +221,13 @@ class DecoderLayer(nn.Module):
         x = self.self_block.residual(x, lambda h: self.self_attn(h, key_padding_mask=tgt_pad, causal=True, cache=sc))
         x = self.cross_block.residual(x, lambda h: self.cross_attn(h, memory, key_padding_mask=src_pad, cache=cc))
         return self.ffn_block.residual(x, self.ffn)
+
+
+def ffn_widths(cfg: TransformerConfig):
+    """(encoder, decoder) FFN widths, one per layer: the config's own (a pruned model) or d_ff."""
+    if hasattr(cfg, "layer_ffn_widths"):
+        return cfg.layer_ffn_widths()
+    return [cfg.d_ff] * cfg.n_encoder_layers, [cfg.d_ff] * cfg.n_decoder_layers
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -248,8 +257,9 @@ class Seq2SeqTransformer(nn.Module):
         self.enc_embed_norm = None if cfg.pre_ln else nn.LayerNorm(d, eps=1e-5)
         self.dec_embed_norm = None if cfg.pre_ln else nn.LayerNorm(d, eps=1e-5)
         self.embed_dropout = nn.Dropout(cfg.dropout)
-        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
-        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
+        enc_ff, dec_ff = ffn_widths(cfg)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg, w) for w in enc_ff)
+        self.decoder = nn.ModuleList(DecoderLayer(cfg, w) for w in dec_ff)
         self.enc_final_norm = nn.LayerNorm(d, eps=1e-5) if cfg.pre_ln else None
         self.dec_final_norm = nn.LayerNorm(d, eps=1e-5) if cfg.pre_ln else None
         self.lm_head = None if cfg.tie_embeddings else QuantLinear(d, cfg.vocab_size, bias=False)
