@@ -1,6 +1,6 @@
 """minitbt's quantizers translated to PyTorch: the same equations, the same pseudo-gradients.
 
-    base.py        the tie rules, the LSQ helpers, and Quantizer (the base class of every translation)
+    base.py        the tie rules, the LSQ gradient rules, and Quantizer (the base class of every translation)
     weight.py      TBTTernaryWeight, TBTBinaryWeight, TWNWeight, BWNWeight, AbsMeanWeight, AbsMaxWeight
     activation.py  ElasticQuantizer, BiTElasticBinary, MinMaxQuantizer, SymmetricA8, PerTokenAbsMax
 
