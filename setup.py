@@ -19,10 +19,13 @@ from setuptools.command.build_ext import build_ext
 def _native_flags():
     """-O3 everywhere; -march=native (AVX2 paths) unless asked for a portable build.
     -fwrapv: int32 sums wrap, so a kernel whose exact result fits in int32 (the bound the Python
-    side enforces, minitbt/kernels/_checks.py) is exact even when a partial sum overflows."""
+    side enforces, minitbt/kernels/_checks.py) is exact even when a partial sum overflows.
+    -ffp-contract=off: every float operation is rounded on its own, as in NumPy; GCC would
+    otherwise fuse a * b + c into one FMA (one rounding), and the float kernels that are
+    bit-exact against their NumPy reference (the binary-coding LUT kernel) would not be."""
     if sys.platform == "win32":
         return ["/O2"]
-    flags = ["-O3", "-fno-strict-aliasing", "-fwrapv"]
+    flags = ["-O3", "-fno-strict-aliasing", "-fwrapv", "-ffp-contract=off"]
     if os.environ.get("MINITBT_PORTABLE", "0") != "1":
         flags.append("-march=native" if "arm" not in sysconfig.get_platform() else "-mcpu=native")
     return flags
@@ -74,7 +77,7 @@ def _extensions():
         "minitbt._core",
         ["minitbt/_core.pyx"],
         include_dirs=[np.get_include(), "minitbt"],
-        depends=["minitbt/_bitops.h"],
+        depends=["minitbt/_bitops.h", "minitbt/_lut.h"],
         extra_compile_args=_native_flags(),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )

@@ -1,5 +1,5 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, language_level=3
-"""Compiled bit kernels: thin wrappers around the C in minitbt/_bitops.h.
+"""Compiled bit kernels: thin wrappers around the C in minitbt/_bitops.h and minitbt/_lut.h.
 
 Do not call these directly: minitbt/kernels/ validates shapes, dtypes,
 C-contiguity and padding, documents the layouts, and holds the NumPy reference
@@ -10,7 +10,7 @@ cannot get scratch memory.
 """
 cimport numpy as cnp
 from libc.math cimport fabsf, floorf, fmaxf, fminf, rintf
-from libc.stdint cimport int8_t, int32_t, uint8_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t, uint64_t
 
 cnp.import_array()
 
@@ -30,6 +30,10 @@ cdef extern from "_bitops.h" nogil:
                             int32_t *out, int threads)
     int tbt_signadd_f32(const float *x, int M, int K, const uint8_t *idx, int N,
                         float *out, int threads)
+
+cdef extern from "_lut.h" nogil:
+    int tbt_bcq_lut_f32(const float *x, int M, int K, const uint32_t *lut, const float *scale,
+                        int k, int N, float *out, int threads, int scalar)
 
 HAVE_AVX2 = bool(TBT_HAVE_AVX2)      # the AVX2 paths were compiled in
 HAVE_OPENMP = bool(TBT_HAVE_OPENMP)  # threads > 1 runs in parallel
@@ -162,3 +166,24 @@ def quantize_rows_i8(cnp.ndarray x, float clip, float qp, float tol, float tiny,
                 if fabsf(u - b) < tol:
                     u = b
                 cp[<size_t>m * K + k] = <int8_t>rintf(u)
+
+
+def bcq_lut_f32(cnp.ndarray x, cnp.ndarray lut, cnp.ndarray scale, int N, cnp.ndarray out,
+                int threads, bint scalar=False):
+    """out (M, N) = sum_i scale[i] * (b_i . x) for k-bit binary-coding weights by table look-up.
+
+    x: (M, K) float32; lut: the layout of minitbt/_lut.h, (ceil(N/8), k, Wd, 8) uint32;
+    scale: (k, 8 ceil(N/8)) float32; out: (M, N) float32. Equation and order of the float32
+    additions: minitbt.kernels.lut.gemm_bcq_lut_ref. scalar=True runs the scalar C even in an
+    AVX2 build (for the tests: both forms must give the reference's bits)."""
+    cdef int M = x.shape[0], K = x.shape[1], k = scale.shape[0]
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+    cdef const uint32_t *lp = <const uint32_t *>cnp.PyArray_DATA(lut)
+    cdef const float *sp = <const float *>cnp.PyArray_DATA(scale)
+    cdef float *o = <float *>cnp.PyArray_DATA(out)
+    cdef int rc
+    if M == 0 or N == 0:
+        return
+    with nogil:
+        rc = tbt_bcq_lut_f32(xp, M, K, lp, sp, k, N, o, threads, scalar)
+    _check(rc)

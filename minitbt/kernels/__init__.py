@@ -16,10 +16,13 @@ One concept per file:
 * ``popcount.py`` -- the popcount GEMMs (W1A1, two-set binary, k-bit planes, ternary);
 * ``int8.py``     -- ternary x int8 (W2A8 / W1A8);
 * ``signadd.py``  -- ternary x float32 with additions only;
+* ``lut.py``      -- k-bit binary-coding weights x float32 by table look-up (BiQGEMM / T-MAC);
 * ``_checks.py``  -- the input validation they share.
 
 Scales, offsets (centring) and zero-points stay outside: these kernels compute the
-integer (or sign-add) inner products only, as in docs/kernels.md section 1.
+integer (or sign-add) inner products only, as in docs/kernels.md section 1. The exception is
+``gemm_bcq_lut``: the k scales of binary-coding weights weight its k sign dot products, so it
+applies them (k products per output), in an order its reference fixes (docs/kernels.md section 10).
 
 Bad input gets one clear error, never a silent wrong answer (docs/kernels.md section 9):
 
@@ -30,9 +33,9 @@ Bad input gets one clear error, never a silent wrong answer (docs/kernels.md sec
 * Non-finite input, one rule everywhere: wherever float values become integer codes or enter
   a kernel (the activation quantizers' ``codes()``, ``minitbt.packed.levels``, the compiled
   int8 quantizer behind it, ``pack_bits``/``pack_signs`` of floats, ``gemm_signadd_f32``,
-  ``gemv_ternary_f32`` and ``gemm_signadd_f32_ref``), a NaN, inf or -inf is refused with a
-  ValueError that names the argument and says "non-finite". The check is one
-  ``np.isfinite(x).all()`` at the Python boundary; the C never sees such a value.
+  ``gemv_ternary_f32``, ``gemm_signadd_f32_ref``, ``gemm_bcq_lut`` and ``gemm_bcq_lut_ref``), a
+  NaN, inf or -inf is refused with a ValueError that names the argument and says "non-finite".
+  The check is one ``np.isfinite(x).all()`` at the Python boundary; the C never sees such a value.
 
 The switch: ``kernels._core`` below is the compiled module or None, and it is the only one.
 Every public function reads it through this package at call time (``kernels._core``, never
@@ -52,8 +55,9 @@ __all__ = [
     "gemm_xnor", "gemm_and_pm1", "gemm_bitplane", "gemm_bitplane_pm1", "gemm_ternary_ternary",
     "TernaryInt8Weights", "prepare_ternary_int8", "gemm_ternary_int8",
     "TernarySignAddWeights", "prepare_signadd", "gemm_signadd_f32", "gemv_ternary_f32",
+    "BinaryCodingLUTWeights", "prepare_bcq_lut", "gemm_bcq_lut",
     "gemm_xnor_ref", "gemm_and_pm1_ref", "gemm_bitplane_ref", "gemm_bitplane_pm1_ref",
-    "gemm_ternary_ternary_ref", "gemm_ternary_int8_ref", "gemm_signadd_f32_ref",
+    "gemm_ternary_ternary_ref", "gemm_ternary_int8_ref", "gemm_signadd_f32_ref", "gemm_bcq_lut_ref",
 ]
 
 
@@ -65,7 +69,7 @@ def _load_core():
         from minitbt import _core as core
     except ImportError as exc:
         return None, f"minitbt._core could not be imported ({exc})"
-    if not hasattr(core, "popc_gemm"):  # a stale build of an older _core.pyx
+    if not hasattr(core, "bcq_lut_f32"):  # a stale build of an older _core.pyx
         return None, "minitbt._core is out of date (rebuild with `pip install -e .`)"
     return core, ""
 
@@ -87,3 +91,5 @@ from minitbt.kernels.int8 import (  # noqa: E402
 from minitbt.kernels.signadd import (  # noqa: E402
     TernarySignAddWeights, gemm_signadd_f32, gemm_signadd_f32_ref, gemv_ternary_f32,
     prepare_signadd)
+from minitbt.kernels.lut import (  # noqa: E402
+    BinaryCodingLUTWeights, gemm_bcq_lut, gemm_bcq_lut_ref, prepare_bcq_lut)

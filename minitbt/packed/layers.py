@@ -7,11 +7,20 @@ from minitbt.quant.activation import MinMaxQuantizer
 from minitbt.quant.base import PlaneCodes
 from minitbt.quant.layers import QuantEmbedding, QuantLinear
 from minitbt.tensor import Tensor
-from minitbt.packed.levels import _codes_i8, _levels, _per_token, _ternary_int8, _vec
+from minitbt.packed.levels import _codes_i8, _fake_quant, _levels, _per_token, _ternary_int8, _vec
 
 
 class PackedLinear(Module):
-    """y = q_x(x) W_q^T + b with W_q stored as ternary bit planes (2 bits per weight)."""
+    """y = q_x(x) W_q^T + b with W_q stored as bit planes. The kind, decided once here from the
+    weight codes:
+
+    * "ternary": codes in {-1, 0, 1}, two planes (2 bits per weight), a scale and offset per row;
+      the bit kernels of ``_integer_dot`` / sign-add;
+    * "bcq": binary-coding codes (PlaneCodes, W_r = sum_i a_{i,r} b_{i,r}), k sign planes (k bits
+      per weight) and k scales per row; the LUT kernel ``kernels.gemm_bcq_lut`` on float32
+      activations (float64, for exactness checks, runs the dequantized weight as a matmul);
+    * "dense": anything else (8-bit codes, FP): a float matmul of the dequantized weight.
+    """
 
     def __init__(self, qlinear: QuantLinear):
         super().__init__()
@@ -25,7 +34,12 @@ class PackedLinear(Module):
             self.register_buffer("planes", kernels.pack_ternary(wc.codes.astype(np.int8)))   # (2, N, W)
             self.register_buffer("w_scale", _vec(wc.scale, N))
             self.register_buffer("w_offset", _vec(wc.offset, N))
-        else:                                                  # 8-bit or multi-plane codes, or FP
+        elif isinstance(wc, PlaneCodes) and not np.any(wc.offset):
+            self.kind = "bcq"                                  # W_r = sum_i a_{i,r} b_{i,r}
+            k = wc.codes.shape[0]
+            self.register_buffer("bcq_signs", np.stack([kernels.pack_signs(b) for b in wc.codes]))  # (k, N, W)
+            self.register_buffer("bcq_scale", np.asarray(wc.scale).reshape(k, N).copy())            # (k, N)
+        else:                                                  # 8-bit codes, or FP
             self.kind = "dense"
             self.register_buffer("w_dense", qlinear.quantized_weight().astype(np.float32))
         self._layouts = {}
@@ -117,6 +131,8 @@ class PackedLinear(Module):
         if self.kind == "dense":
             xq = x2 if self.input_quantizer is None else self.input_quantizer.codes(x2).dequantize()
             y = xq @ self.w_dense.T
+        elif self.kind == "bcq":
+            y = self._bcq_forward(x2)
         else:
             y = self._ternary_forward(x2)
         if self.bias is not None:
@@ -154,6 +170,25 @@ class PackedLinear(Module):
         return (sx * self.w_scale) * dot + (sx * csum) * self.w_offset \
             + ox * (self.w_scale * self._layout("codes_sum")) + ox * self.w_offset * K
 
+    # ---- binary-coding weights: k sign planes, table look-up --------------------------
+    def _bcq_codes(self) -> np.ndarray:
+        """The (k, N, K) sign codes in {-1, +1}, unpacked from bcq_signs (1 = -1)."""
+        return 1 - 2 * kernels.unpack_bits(self.bcq_signs, self.in_features).astype(np.int8)
+
+    def _bcq_forward(self, x2):
+        """y = sum_i a_i (b_i . x_q), x_q = q_x(x) (the same values as the fake-quant forward):
+        float32 by the LUT kernel; float64 (exactness checks) by the dequantized weight."""
+        xq = _fake_quant(self.input_quantizer, x2)
+        if xq.dtype == np.float32:
+            lut = self._layouts.get("bcq_lut")
+            if lut is None:
+                lut = self._layouts["bcq_lut"] = kernels.prepare_bcq_lut(self._bcq_codes(), self.bcq_scale)
+            return kernels.gemm_bcq_lut(np.ascontiguousarray(xq), lut)
+        w = self._layouts.get("bcq_dense")
+        if w is None:                                       # as PlaneCodes.dequantize
+            w = self._layouts["bcq_dense"] = (self._bcq_codes() * self.bcq_scale[..., None]).sum(axis=0)
+        return xq @ w.T.astype(xq.dtype, copy=False)
+
     def _integer_dot(self, c):
         """c_x (M, K) integer codes . c_w^T with the kernel their value sets allow."""
         K = self.in_features
@@ -182,6 +217,8 @@ class PackedLinear(Module):
     def kernel_name(self) -> str:
         if self.kind == "dense":
             return "float matmul (no bit kernel for these codes)"
+        if self.kind == "bcq":
+            return "bcq-lut"
         q = self.input_quantizer
         if q is None:
             return "sign-add (float activations)"
@@ -208,10 +245,15 @@ class PackedEmbedding(Module):
         self.weight = Parameter(qemb.weight.data, requires_grad=False)
         wc = qemb.weight_codes()
         V = self.num_embeddings
-        self.register_buffer("codes", np.asarray(wc.codes, dtype=np.int8) if not isinstance(wc, PlaneCodes)
-                             else wc.dequantize().astype(np.float32))
-        self.register_buffer("row_scale", _vec(wc.scale, V) if not isinstance(wc, PlaneCodes) else np.ones(V, np.float32))
-        self.register_buffer("row_offset", _vec(wc.offset, V) if not isinstance(wc, PlaneCodes) else np.zeros(V, np.float32))
+        if not isinstance(wc, PlaneCodes):
+            self.register_buffer("codes", np.asarray(wc.codes, dtype=np.int8))
+            self.register_buffer("row_scale", _vec(wc.scale, V))
+            self.register_buffer("row_offset", _vec(wc.offset, V))
+        else:                                  # binary-coding rows: kept dequantized, in the model's dtype
+            dtype = np.float64 if wc.scale.dtype == np.float64 else np.float32
+            self.register_buffer("codes", wc.dequantize().astype(dtype))
+            self.register_buffer("row_scale", np.ones(V, dtype))
+            self.register_buffer("row_offset", np.zeros(V, dtype))
 
     def forward(self, ids):                                                 # (...) -> (..., d)
         return Tensor(self.lookup(np.asarray(ids)))
