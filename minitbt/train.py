@@ -6,12 +6,13 @@ One step: a length-bucketed batch -> logits -> loss (label-smoothed CE, or CE + 
 from a frozen teacher when training a quantized student) -> backward -> clip -> AdamW.
 Checkpoints (``<out>/last.npz``, ``<out>/best.npz``) hold weights, optimizer moments, both
 configs, the step, the position in the epoch and the dropout RNG, so ``--resume`` continues
-bit for bit. Every validation appends a line to ``<out>/metrics.jsonl``.
+bit for bit. Every validation appends a line to ``<out>/metrics.jsonl`` and a row to ``<out>/metrics.csv``.
+``accumulate = N`` takes N micro-batches per optimizer step (``accumulate_gradients``).
 """
+import csv
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -19,11 +20,12 @@ import numpy as np
 
 from minitbt import checkpoint, metrics, optim
 from minitbt import functional as F
-from minitbt.data import PAD, Seq2SeqData, decode, load_tokenizer, same_tokenizer
+from minitbt.data import PAD, Seq2SeqData, decode, load_tokenizer
 from minitbt.datasets import task_info
 from minitbt.decode import greedy
-from minitbt.model_io import (build_model, load_latent_fp, load_model, model_meta, quantize,
-                              tokenizer_from_header)
+from minitbt.model_io import build_model, load_latent_fp, load_model, model_meta, quantize
+from minitbt.run_checks import (FIXED_ON_RESUME, FREE_ON_RESUME, TrainingDiverged, check_out_dir,  # noqa: F401
+                                check_resume, check_vocabulary, saved_config)
 from minitbt.tensor import no_grad
 
 
@@ -41,6 +43,7 @@ class TrainConfig:
     max_tgt_len: int = 64
     # optimisation
     batch_tokens: int = 3000
+    accumulate: int = 1          # micro-batches per optimizer step: the gradient of one batch N times larger
     lr: float = 2e-3
     warmup: int = 100
     decay: str = "linear"
@@ -73,7 +76,7 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"--{name.replace('_', '-')} {rule}, got {getattr(self, name)!r}")
         for name in ("d_model", "n_heads", "d_ff", "n_layers", "max_src_len", "max_tgt_len",
-                     "batch_tokens", "max_steps", "eval_every", "log_every"):
+                     "batch_tokens", "accumulate", "max_steps", "eval_every", "log_every"):
             need(getattr(self, name) >= 1, name, "must be >= 1")
         need(self.warmup >= 0, "warmup", "must be >= 0")
         need(self.eval_sentences >= 0, "eval_sentences", "must be >= 0")
@@ -106,12 +109,6 @@ class TrainConfig:
             raise ValueError(f"--quant {self.quant}" + (f" --quant-options {self.quant_options}"
                                                         if self.quant_options else "") + f": {exc}") from None
 
-
-# What --resume lets change without being asked: none of these alter the weights' trajectory.
-FREE_ON_RESUME = ("max_minutes", "log_every", "eval_every", "eval_sentences", "out")
-# What it never lets change: the model and the data it came from.
-FIXED_ON_RESUME = ("task", "quant", "method", "quant_options", "seed", "d_model", "n_heads", "d_ff", "n_layers",
-                   "init")
 
 
 PRESETS = {
@@ -148,6 +145,25 @@ def compute_loss(model, batch, cfg: TrainConfig, teacher=None):
                            ignore_index=PAD, label_smoothing=cfg.label_smoothing)
 
 
+def accumulate_gradients(model, batches, cfg: TrainConfig, teacher=None) -> float:
+    """Backward over micro-batches so that their gradients add up to one batch's.
+
+    The loss is a mean over the target tokens, so one batch made of micro-batches i with n_i tokens has
+        L = sum_i (n_i / n) L_i,   n = sum_i n_i,   and   dL/dtheta = sum_i (n_i / n) dL_i/dtheta:
+    each micro-batch's loss is weighted by its share of the tokens and backpropagated; the gradients
+    accumulate in ``.grad``. Equal to one batch N times larger up to float rounding (exactly the same
+    sums in another order) when dropout is off; with dropout the masks differ. With a teacher, the
+    distillation terms are weighted the same way. Returns L."""
+    n = sum(b.n_tokens for b in batches)
+    total = 0.0
+    for b in batches:
+        loss = compute_loss(model, b, cfg, teacher)
+        share = b.n_tokens / n
+        (loss if len(batches) == 1 else loss * share).backward()
+        total += share * loss.item()
+    return total
+
+
 def validate(model, data: Seq2SeqData, tokenizer, kind: str, cfg: TrainConfig, n_sentences: int) -> dict:
     """Validation loss (CE without smoothing) on the whole split; metric on its first n sentences."""
     model.eval()
@@ -175,63 +191,6 @@ def _progress(total, initial):
         return tqdm(total=total, initial=initial, dynamic_ncols=True, mininterval=1.0)
     except ImportError:  # tqdm is a dependency; keep training without it anyway
         return None
-
-
-class TrainingDiverged(ValueError):
-    """The loss or the gradient became NaN or infinite: training stops before the weights do."""
-
-
-def saved_config(out: str) -> TrainConfig:
-    """The TrainConfig that ``<out>/last.npz`` was trained with (what --resume continues)."""
-    path = os.path.join(out, "last.npz")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-    _, meta, _ = checkpoint.load(path)
-    if "train_config" not in meta or "train_state" not in meta:
-        raise checkpoint.CheckpointError(f"--resume: {path} is not a training checkpoint (no train_config)")
-    from minitbt.model_io import config_from_header
-    return config_from_header(TrainConfig, meta["train_config"], "train_config", path)
-
-
-def check_resume(saved: TrainConfig, cfg: TrainConfig, allow_change=(), where: str = "the checkpoint") -> None:
-    """--resume continues the run that was started: any other setting is refused, by name, unless
-    it is in FREE_ON_RESUME or the user asked for it (``allow_change``, the CLI's --allow-change).
-    Extending a finished run is such a case: ``--max-steps 6000 --allow-change max_steps``."""
-    known = {f.name for f in fields(TrainConfig)}
-    bad = sorted(set(allow_change) - known)
-    if bad:
-        raise ValueError(f"--allow-change: unknown setting(s) {bad}")
-    changed = [f.name for f in fields(TrainConfig)
-               if getattr(saved, f.name) != getattr(cfg, f.name) and f.name not in FREE_ON_RESUME]
-    fixed = [n for n in changed if n in FIXED_ON_RESUME]
-    refused = [n for n in changed if n not in FIXED_ON_RESUME and n not in allow_change]
-    if fixed or refused:
-        diff = ", ".join(f"{n}: {getattr(saved, n)!r} -> {getattr(cfg, n)!r}" for n in fixed + refused)
-        hint = ("; these cannot change on resume (start a new run with --init instead)" if fixed else
-                f"; pass --allow-change {','.join(refused)} to change them on purpose")
-        raise ValueError(f"--resume: {where} was trained with other settings ({diff}){hint}")
-
-
-def check_vocabulary(path: str, meta: dict, tokenizer, vocab_size: int, role: str) -> None:
-    """--init / --teacher must share the task's tokenizer: the same ids for the same tokens."""
-    other = tokenizer_from_header(meta, path)
-    if other is not None and not same_tokenizer(other, tokenizer):
-        raise ValueError(f"--{role} {path} was trained with another tokenizer than this task's; "
-                         f"its token ids would mean other words")
-    if vocab_size != tokenizer.get_vocab_size():
-        raise ValueError(f"--{role} {path} has a vocabulary of {vocab_size} tokens, the task's "
-                         f"tokenizer {tokenizer.get_vocab_size()}")
-
-
-def check_out_dir(out: str, flag: str = "--out") -> None:
-    """An output folder must exist or be creatable, and be writable: checked before any work."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"{flag} {out} exists and is not a folder")
-    try:
-        os.makedirs(out, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as exc:
-        raise ValueError(f"{flag} {out} is not a writable folder ({exc.strerror})") from None
 
 
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, allow_change=()) -> dict:
@@ -297,27 +256,28 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, allow_cha
     while state["step"] < cfg.max_steps:
         if cfg.max_minutes and state["train_seconds"] >= 60 * cfg.max_minutes:
             break
-        if state["batch_in_epoch"] >= len(epoch_batches):
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-            epoch_batches = train_data.batches(cfg.batch_tokens, seed=cfg.seed + state["epoch"])
-        batch = train_data.collate(epoch_batches[state["batch_in_epoch"]])
+        micro = []
+        for _ in range(cfg.accumulate):
+            if state["batch_in_epoch"] >= len(epoch_batches):
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
+                epoch_batches = train_data.batches(cfg.batch_tokens, seed=cfg.seed + state["epoch"])
+            micro.append(train_data.collate(epoch_batches[state["batch_in_epoch"]]))
+            state["batch_in_epoch"] += 1
         opt.lr = optim.lr_schedule(state["step"], cfg.lr, cfg.warmup, cfg.max_steps, cfg.decay)
-        loss = compute_loss(model, batch, cfg, teacher)
         opt.zero_grad()
-        loss.backward()
+        loss = accumulate_gradients(model, micro, cfg, teacher)
         grad_norm = optim.clip_grad_norm(opt.params, cfg.clip, apart=scales,
                                          apart_max_norm=cfg.clip if cfg.clip_scales == "separate" else None)
-        if not (math.isfinite(loss.item()) and math.isfinite(grad_norm)):    # before the weights change
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):    # before the weights change
             kept = (f"the last good checkpoint, {last_path}, is from step {saved_step}" if saved_step is not None
                     else "no checkpoint was written")
-            raise TrainingDiverged(f"step {state['step'] + 1}: the loss is {loss.item()} and the gradient norm "
+            raise TrainingDiverged(f"step {state['step'] + 1}: the loss is {loss} and the gradient norm "
                                    f"{grad_norm}: training diverged (try a lower --lr); stopped, {kept}")
         opt.step()
         state["step"] += 1
-        state["batch_in_epoch"] += 1
-        tokens += batch.n_tokens
-        losses.append(loss.item())
+        tokens += sum(b.n_tokens for b in micro)
+        losses.append(loss)
         now = time.perf_counter()
         state["train_seconds"] += now - t_last
         t_last = now
@@ -339,6 +299,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, allow_cha
             saved_step = state["step"]
             with open(log_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            _append_csv(os.path.join(cfg.out, "metrics.csv"), record)
             if bar is not None:
                 bar.write(json.dumps(record))
             t_last = time.perf_counter()                  # validation time is not training time
@@ -347,6 +308,16 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, allow_cha
     if not record or record["step"] != state["step"]:     # stopped by the time limit between evals
         save(last_path)
     return record
+
+
+def _append_csv(path: str, record: dict) -> None:
+    """metrics.csv: the same records as metrics.jsonl, one row each, for spreadsheets and pandas."""
+    new = not os.path.exists(path)
+    with open(path, "a", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(record), extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(record)
 
 
 def _initial_model(cfg: TrainConfig, tokenizer):

@@ -232,3 +232,40 @@ def test_baseline_command_scores_the_lead(task, capsys):
     assert metrics.lead(["a b c", "d"], 2) == ["a b", "d"] and metrics.lead(["a b c"], 0) == ["a b c"]
     assert got["baseline"] == "lead-2" and got["bleu"] == metrics.bleu([" ".join(s.split()[:2]) for s in src], tgt)["bleu"]
     assert main(["baseline", "--task", task, "--words", "-1"]) == 2
+
+
+def test_accumulated_micro_batches_equal_one_big_batch(task):
+    """--accumulate N: N micro-batches give the gradient (and the AdamW step) of their union."""
+    from minitbt import optim
+    from minitbt.train import accumulate_gradients
+    cfg = _cfg(task, "unused", dropout=0.0)
+    data = Seq2SeqData.from_task(task, "train", max_src_len=16, max_tgt_len=16)
+    idx = data.batches(200, shuffle=False)
+    parts = [idx[0], idx[1], idx[2]]
+    models = [build_model(vocab_size=60, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1,
+                          dropout=0.0, max_len=17, seed=1) for _ in range(2)]
+    for m in models:
+        m.train()
+    opts = [optim.SGD(m.parameters(), lr=0.1) for m in models]   # (AdamW would amplify the ~1e-9 noise of
+    small = accumulate_gradients(models[0], [data.collate(i) for i in parts], cfg)
+    big = accumulate_gradients(models[1], [data.collate(np.concatenate(parts))], cfg)
+    assert small == pytest.approx(big, rel=1e-5)
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+    for o in opts:                                                  # gradients that are 0 in exact arithmetic)
+        o.step()
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-5, atol=1e-7)
+
+
+def test_accumulate_trains_and_logs_csv(task, tmp_path):
+    import csv
+    record = train(_cfg(task, tmp_path, accumulate=2, max_steps=4, eval_every=2), quiet=True)
+    assert record["step"] == 4
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(tmp_path / "metrics.jsonl") as f:
+        logged = [json.loads(line) for line in f]
+    assert len(rows) == len(logged) == 2
+    assert [float(r["valid_loss"]) for r in rows] == [r["valid_loss"] for r in logged]
+    assert main(["train", "--preset", "test", "--task", task, "--out", str(tmp_path / "x"), "--accumulate", "0"]) == 2
