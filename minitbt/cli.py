@@ -5,6 +5,7 @@
     minitbt eval      --model CKPT --task data/ddtp-en-de --split test [--beam 4] [--packed]
     minitbt translate --model CKPT "An English sentence."         (reads standard input without text)
     minitbt summarize --model CKPT "A long description ..."
+    minitbt seqkd     --teacher CKPT --task data/ddtp-en-de --out data/ddtp-en-de-seqkd   (Kim & Rush 2016)
     minitbt baseline  --task data/debian-summ --words 10           the lead-N baseline a model must beat
     minitbt summary   --model CKPT                                 parameters, memory and MACs by bit width
     minitbt export    --model CKPT --out model.npz [--half] [--packed] [--format safetensors]
@@ -71,6 +72,13 @@ def _build_parser():
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
     p.add_argument("--hyp-out", default=None, help="write hypotheses here (default: next to the model)")
     _decoding_args(p, default_model=None)
+
+    p = sub.add_parser("seqkd", help="sequence-level distillation data: a task whose train targets are a teacher's outputs")
+    p.add_argument("--teacher", required=True, help="the FP checkpoint whose outputs become the targets")
+    p.add_argument("--task", required=True)
+    p.add_argument("--out", required=True, help="the new task folder")
+    p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
+    p.add_argument("--force", action="store_true", help="replace an existing task folder at --out")
 
     p = sub.add_parser("baseline", help="the trivial baseline's scores: the first N words of each source")
     p.add_argument("--task", required=True)

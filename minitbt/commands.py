@@ -216,6 +216,16 @@ def eval(args):
     return 0
 
 
+def seqkd(args):
+    """The teacher's outputs on the train sources become a new task's train targets (distill.py)."""
+    from minitbt.distill import sequence_kd_task
+    if not 1 <= args.beam <= MAX_BEAM:
+        raise ValueError(f"--beam must be between 1 (greedy) and {MAX_BEAM}, got {args.beam}")
+    report = sequence_kd_task(args.teacher, args.task, args.out, beam=args.beam, force=args.force)
+    print(json.dumps(report))
+    return 0
+
+
 def baseline(args):
     """Scores of the first --words words of each source, as a model's scores are reported."""
     from minitbt import metrics

@@ -192,3 +192,13 @@ def test_sequence_kd_task(task, tmp_path):
         assert len(f.read().splitlines()) == len(src0)
     record = train(_cfg(out, tmp_path / "student", max_steps=2, eval_every=2), quiet=True)
     assert np.isfinite(record["valid_loss"])
+
+
+def test_seqkd_command(task, tmp_path):
+    from minitbt.cli import main
+    task_dir, fp = task
+    out = str(tmp_path / "kd")
+    assert main(["seqkd", "--teacher", fp, "--task", task_dir, "--out", out]) == 0
+    assert len(read_split(out, "train")[0]) == len(read_split(task_dir, "train")[0])
+    assert main(["seqkd", "--teacher", fp, "--task", task_dir, "--out", out]) == 2          # exists: --force
+    assert main(["seqkd", "--teacher", fp, "--task", task_dir, "--out", out, "--beam", "0"]) == 2
