@@ -43,15 +43,23 @@ def save(path: str, model_state: dict, meta: dict, optim_state: dict = None, hal
     header = {"format": FORMAT, "version": VERSION, **meta, "optim_scalars": scalars}
     arrays["__meta__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
 
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def atomic_write(path: str, write) -> None:
+    """Write a file so that it is either complete or absent: ``write(f)`` fills a temporary file
+    beside ``path`` (``.tmp-*``), which is flushed, fsynced and renamed over ``path``. An interrupted
+    write (Ctrl-C, a crash, a full disk) leaves the previous file intact; a SIGKILL can leave the
+    temporary, which ``clean_stale_temporaries`` removes."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)                         # mkstemp makes 0600; a saved file is ordinary
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -20,11 +20,10 @@ bit kernels, load it and ``pack_model``. Needs the ``safetensors`` package (a mi
 """
 import json
 import os
-import tempfile
 
 import numpy as np
 
-from minitbt.checkpoint import CheckpointError
+from minitbt.checkpoint import CheckpointError, atomic_write
 
 FORMAT = "minitbt"
 VERSION = "1"
@@ -56,21 +55,7 @@ def save_safetensors(path: str, model, half: bool = False, **extra_meta) -> None
         metadata[key] = value if key in RAW_TEXT else json.dumps(value)
     blob = save(tensors, metadata=metadata)
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(blob))
 
 
 def read_safetensors(path: str):
