@@ -60,6 +60,7 @@ def model_meta(model) -> dict:
 
 # ---- the header's schema ------------------------------------------------------------------------
 _NULLABLE = {"a8_clip"}          # QuantRecipe.a8_clip = None means "no clipping"
+_INT_LISTS = {"ffn_widths"}      # TransformerConfig.ffn_widths: null (d_ff everywhere) or a list of integers
 
 
 def _typed(value, default) -> bool:
@@ -85,7 +86,11 @@ def config_from_header(cls, d, what: str, where: str):
         raise CheckpointError(f"{where}: unknown {what} field(s) {unknown}")
     for key, value in d.items():
         default = getattr(defaults, key)
-        if not (_typed(value, default) or (value is None and key in _NULLABLE)):
+        if key in _INT_LISTS:
+            ok = value is None or (isinstance(value, list) and all(_typed(v, 0) for v in value))
+            if not ok:
+                raise CheckpointError(f"{where}: {what}.{key} must be a list of integers or null, got {value!r}")
+        elif not (_typed(value, default) or (value is None and key in _NULLABLE)):
             raise CheckpointError(f"{where}: {what}.{key} must be {type(default).__name__}, got {value!r}")
     try:
         return cls(**d)
@@ -128,9 +133,9 @@ def check_size(model_config: dict, state: dict, where: str) -> None:
     building it (a corrupt d_model or vocab_size must not allocate gigabytes first). The count
     is the float weight matrices' (biases, LayerNorms and scales add little)."""
     c = TransformerConfig.from_dict(model_config)
-    d, f = c.d_model, c.d_ff
-    implied = (c.vocab_size + c.max_len) * d + c.n_encoder_layers * (4 * d * d + 2 * d * f) \
-        + c.n_decoder_layers * (8 * d * d + 2 * d * f)
+    d, (enc_ff, dec_ff) = c.d_model, c.layer_ffn_widths()           # FFN widths: d_ff, or pruned per layer
+    implied = (c.vocab_size + c.max_len) * d + c.n_encoder_layers * 4 * d * d + c.n_decoder_layers * 8 * d * d \
+        + 2 * d * (sum(enc_ff) + sum(dec_ff))
     stored = sum(int(a.size) * (64 if a.dtype == np.uint64 else 1) for a in state.values())  # packed: 64 a word
     if implied > 2 * stored + 4096:
         raise CheckpointError(f"{where}: model_config describes about {implied:,} weights but the file "

@@ -13,7 +13,9 @@ the left one (Q or P).
 
 **Parameters per bit width.** A weight counts at its quantizer's precision (1 binary, 2 ternary:
 log2(3) = 1.58 bits of information, stored in 2; k bits), everything else (biases, LayerNorms,
-positions, learned activation scales) at 32. The output projection of a Seq2SeqTransformer is tied
+positions, learned activation scales) at 32. A frequency-aware embedding (FrequencyAwareBCQ, k_r
+bits for row r) counts each row at its own bits; its "W" column shows the mean bits per weight,
+and a footer line the rows per bit width. The output projection of a Seq2SeqTransformer is tied
 to ``embed.weight`` and runs in full precision (TBT's placement), so once the embedding is quantized
 the deployed model must keep the float table *as well as* its low-bit codes: the LM head row then
 stores V*d float32 values. (In the FP model the head shares the table: 0 extra values.)
@@ -95,6 +97,8 @@ def _weight_scales(layer) -> int:
     wq = getattr(layer, "weight_quantizer", None)
     if wq is None:
         return 0
+    if getattr(wq, "row_bits", None) is not None:          # k_r scales for row r (binary coding)
+        return int(np.sum(wq.row_bits, dtype=np.int64))
     qc = wq.codes(layer.weight.data)
     n = int(np.size(qc.scale))
     if np.any(np.asarray(qc.offset) != 0):
@@ -159,6 +163,11 @@ def summary_table(model, src_len: int = 32, tgt_len: int = 32) -> list:
             wb = _bits(wq)
             n = S + T if name in ("embed", "pos") else S          # shared by encoder and decoder
             params = {wb: mod.weight.size}
+            row_bits = getattr(wq, "row_bits", None)
+            if row_bits is not None:                              # bits per row: each row at its own
+                ks, rows_k = np.unique(np.asarray(row_bits), return_counts=True)
+                params = {int(k): int(c) * mod.dim for k, c in zip(ks, rows_k)}
+                wb = round(float(np.mean(row_bits)), 3)
             params[FP] = params.get(FP, 0) + _qparams(wq)
             rows.append(_row(label, type(mod).__name__, (n, mod.dim), wb, None, params, _weight_scales(mod),
                              float_values=mod.weight.size))
@@ -268,6 +277,11 @@ def summary(model, src_len: int = 32, tgt_len: int = 32) -> str:
     lines.append(f"{'Parameters':<30}" + "  ".join(f"{bit_label(b)}: {tot['params'][b]:,}" for b in widths)
                  + f"   (stored {tot['n_params']:,}; trainable {n_train:,})")
     lines.append(f"{'Scales and offsets':<30}{tot['scales']:,} float32 values stored with the low-bit weights")
+    for r in rows:                                        # mixed bits per row (frequency-aware embedding)
+        if isinstance(r["w_bits"], float):
+            per = ", ".join(f"{b}-bit {n // r['output'][1]:,}" for b, n in sorted(r["params"].items(), reverse=True)
+                            if b != FP)
+            lines.append(f"{'Bits ' + r['name']:<30}{r['w_bits']:.3g} per weight on average (rows: {per})")
     lines.append(f"{'Memory, packed':<30}{_human_bytes(tot['packed_bytes'])}  ({tot['packed_bytes']:,.0f} bytes)")
     lines.append(f"{'Memory, float32':<30}{_human_bytes(tot['float32_bytes'])}  ({tot['float32_bytes']:,.0f} bytes)")
     lines.append(f"{'Compression':<30}{tot['compression']:.2f}x")

@@ -35,6 +35,8 @@ class TransformerConfig:
     bos_id: int = 1
     eos_id: int = 2
     seed: int = 0
+    ffn_widths: list = None      # per-layer FFN widths, encoder layers then decoder layers; None: d_ff in
+    #                              every layer (structured pruning sets it: minitbt.quant.prune)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "max_len"):
@@ -53,6 +55,20 @@ class TransformerConfig:
             raise ValueError(f"unknown activation {self.activation!r}")
         if self.positions not in ("learned", "sinusoidal"):
             raise ValueError(f"unknown positions {self.positions!r}")
+        if self.ffn_widths is not None:
+            n = self.n_encoder_layers + self.n_decoder_layers
+            w = self.ffn_widths
+            if not isinstance(w, (list, tuple)) or len(w) != n or \
+                    not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in w):
+                raise ValueError(f"ffn_widths must be None or {n} integers >= 1 (encoder layers, then decoder "
+                                 f"layers), got {w!r}")
+            self.ffn_widths = [int(v) for v in w]
+
+    def layer_ffn_widths(self):
+        """(encoder widths, decoder widths): the hidden width of each layer's FFN."""
+        ne = self.n_encoder_layers
+        w = self.ffn_widths if self.ffn_widths is not None else [self.d_ff] * (ne + self.n_decoder_layers)
+        return list(w[:ne]), list(w[ne:])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,12 +93,13 @@ def sinusoidal_table(n: int, d: int) -> np.ndarray:
 
 
 class FeedForward(Module):
-    """y = fc2(act(fc1(x))),  fc1: d -> d_ff, fc2: d_ff -> d."""
+    """y = fc2(act(fc1(x))),  fc1: d -> d_ff, fc2: d_ff -> d  (``width``: this layer's d_ff, if pruned)."""
 
-    def __init__(self, cfg: TransformerConfig, rng):
+    def __init__(self, cfg: TransformerConfig, rng, width: int = None):
         super().__init__()
-        self.fc1 = Linear(cfg.d_model, cfg.d_ff, rng=rng)
-        self.fc2 = Linear(cfg.d_ff, cfg.d_model, rng=rng)
+        width = cfg.d_ff if width is None else width
+        self.fc1 = Linear(cfg.d_model, width, rng=rng)
+        self.fc2 = Linear(width, cfg.d_model, rng=rng)
         self.activation = cfg.activation
 
     def forward(self, x):                                  # (B, T, d) -> (B, T, d)
@@ -110,11 +127,11 @@ class _Sublayer(Module):
 
 
 class EncoderLayer(Module):
-    def __init__(self, cfg, rng, drop_rng):
+    def __init__(self, cfg, rng, drop_rng, ffn_width=None):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, rng=rng)
         self.attn_block = _Sublayer(cfg, rng, drop_rng)
-        self.ffn = FeedForward(cfg, rng)
+        self.ffn = FeedForward(cfg, rng, ffn_width)
         self.ffn_block = _Sublayer(cfg, rng, drop_rng)
 
     def forward(self, x, src_pad):                         # (B, S, d), (B, S) bool
@@ -123,13 +140,13 @@ class EncoderLayer(Module):
 
 
 class DecoderLayer(Module):
-    def __init__(self, cfg, rng, drop_rng):
+    def __init__(self, cfg, rng, drop_rng, ffn_width=None):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, rng=rng)
         self.self_block = _Sublayer(cfg, rng, drop_rng)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, rng=rng)
         self.cross_block = _Sublayer(cfg, rng, drop_rng)
-        self.ffn = FeedForward(cfg, rng)
+        self.ffn = FeedForward(cfg, rng, ffn_width)
         self.ffn_block = _Sublayer(cfg, rng, drop_rng)
 
     def forward(self, x, memory, src_pad, tgt_pad=None, cache=None):
@@ -160,8 +177,9 @@ class Seq2SeqTransformer(Module):
         self.enc_embed_norm = None if cfg.pre_ln else LayerNorm(d)
         self.dec_embed_norm = None if cfg.pre_ln else LayerNorm(d)
         self.embed_dropout = Dropout(cfg.dropout, self.rng)
-        self.encoder = ModuleList(EncoderLayer(cfg, rng, self.rng) for _ in range(cfg.n_encoder_layers))
-        self.decoder = ModuleList(DecoderLayer(cfg, rng, self.rng) for _ in range(cfg.n_decoder_layers))
+        enc_ff, dec_ff = cfg.layer_ffn_widths()
+        self.encoder = ModuleList(EncoderLayer(cfg, rng, self.rng, w) for w in enc_ff)
+        self.decoder = ModuleList(DecoderLayer(cfg, rng, self.rng, w) for w in dec_ff)
         self.enc_final_norm = LayerNorm(d) if cfg.pre_ln else None
         self.dec_final_norm = LayerNorm(d) if cfg.pre_ln else None
         self.lm_head = None if cfg.tie_embeddings else Linear(d, cfg.vocab_size, bias=False, rng=rng)

@@ -65,7 +65,8 @@ class QuantEmbedding(Embedding):
     """Embedding lookup from a fake-quantized table (per row: each word vector has its own scale).
 
     A row-local quantizer (``weight_quantizer.row_local``) is applied to the looked-up rows only,
-    which equals quantizing the whole table and then looking up, at a fraction of the cost.
+    which equals quantizing the whole table and then looking up, at a fraction of the cost; one with
+    per-row settings (``row_indexed``: FrequencyAwareBCQ's bits per token) gets the rows and their ids.
     """
 
     def __init__(self, num_embeddings: int, dim: int, weight_quantizer=None, std: float = None, rng=None):
@@ -85,6 +86,8 @@ class QuantEmbedding(Embedding):
         wq = self.weight_quantizer
         if wq is None:
             return F.embedding(ids, self.weight)
+        if getattr(wq, "row_indexed", False):
+            return wq(F.embedding(ids, self.weight), rows=ids)
         if getattr(wq, "row_local", False):
             return wq(F.embedding(ids, self.weight))
         return F.embedding(ids, wq(self.weight))

@@ -31,6 +31,10 @@ Options (QuantRecipe fields; the defaults keep the recipe of the shipped models;
 centre, weight_ste, shift_min, a8_per_token, a8_clip. ``QuantRecipe.parse_options("lsq_grad_scale=1,...")``
 reads them from text (the training option --quant-options).
 
+Frequency-aware embedding bits (Chung et al. 2020, method bcq): ``embed_schedule="4:0.05/2:0.2/1"``
+makes the embedding a FrequencyAwareBCQ (minitbt/quant/freq_embedding.py), E = the schedule's largest
+bits; ``quantize_model(..., token_counts=counts)`` ranks its rows (the state dict keeps the ranking).
+
 The ablation of TBT (Table "2-2-2", CNN/DM R1 12.92 -> 13.34 -> 19.34 -> 41.03) is ``ABLATIONS["2-2-2"]``:
 twn-2-2-2 (baseline), twn+elastic-2-2-2, stats-2-2-2, tbt-2-2-2 (= "2-2-2"); at 1-1-1 with bwn.
 
@@ -55,6 +59,7 @@ from minitbt.nn.transformer import FeedForward
 from minitbt.quant import activation as A
 from minitbt.quant import weight as W
 from minitbt.quant.base import Quantizer
+from minitbt.quant.freq_embedding import FrequencyAwareBCQ, parse_schedule
 from minitbt.quant.layers import QuantEmbedding, QuantLinear
 from minitbt.quant.learned_weight import SEQWeight
 
@@ -136,6 +141,7 @@ class QuantRecipe:
     elastic_init: str = "levels"    # first-batch a: Qp of the levels in use; "code": the released rule
     a8_unsigned: str = "symmetric"  # A8 at probabilities and fc2's input: SymmetricA8; "minmax": 255 levels
     binary_zero: str = "plus"       # signed 1-bit activations: exact 0 -> +a; "zero": -> 0 (code; no packing)
+    embed_schedule: str = ""        # bcq: frequency-aware embedding bits, e.g. "4:0.05/2:0.2/1" ("": E bits for all)
     name: str = field(default="")
 
     def __post_init__(self):
@@ -159,6 +165,14 @@ class QuantRecipe:
                               ("binary_zero", A.BINARY_ZERO)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.embed_schedule:
+            top = max(k for k, _ in parse_schedule(self.embed_schedule))
+            if self.weights != "bcq":
+                raise ValueError(f"embed_schedule is frequency-aware binary coding: it needs method bcq, "
+                                 f"not weights {self.weights!r}")
+            if self.embed_bits != top:
+                raise ValueError(f"embed_schedule {self.embed_schedule!r} gives at most {top} bits: the recipe's "
+                                 f"E must be {top}, got {self.embed_bits}")
 
     @classmethod
     def parse(cls, spec: str, method: str = None, **overrides) -> "QuantRecipe":
@@ -218,6 +232,8 @@ class QuantRecipe:
         if bits >= FP_BITS:
             return None
         fam = self.weights
+        if embedding and self.embed_schedule:
+            return FrequencyAwareBCQ(self.embed_schedule, rows)
         if fam == "bcq":
             return W.BinaryCodingWeight(bits)
         if bits >= 3:
@@ -273,14 +289,19 @@ def _as_recipe(recipe, method=None, **overrides) -> QuantRecipe:
     return QuantRecipe.parse(recipe, method, **overrides)
 
 
-def quantize_model(model, recipe="2-2-8", method: str = None, inplace: bool = False, **overrides):
+def quantize_model(model, recipe="2-2-8", method: str = None, inplace: bool = False, token_counts=None,
+                   **overrides):
     """Return a quantized copy of ``model`` (a Seq2SeqTransformer) with TBT's placement.
 
     recipe: a preset name, "[method-]E-W-A", or a QuantRecipe. method: see METHODS.
     overrides: QuantRecipe fields (e.g. centre=False, a8_per_token=False).
+    token_counts: (V,) token frequencies for a frequency-aware embedding (``embed_schedule``;
+    minitbt.quant.freq_embedding.task_token_counts); without them its rows rank by id.
     The FP model is left untouched (it is the distillation teacher) unless ``inplace=True``.
     """
     r = _as_recipe(recipe, method, **overrides)
+    if token_counts is not None and not r.embed_schedule:
+        raise ValueError("token_counts rank the rows of a frequency-aware embedding: give embed_schedule too")
     qm = model if inplace else copy.deepcopy(model)
     for _, mod in list(qm.named_modules()):
         if isinstance(mod, MultiHeadAttention):
@@ -297,6 +318,8 @@ def quantize_model(model, recipe="2-2-8", method: str = None, inplace: bool = Fa
     if isinstance(emb, Embedding) and not isinstance(emb, QuantEmbedding):
         qm.embed = QuantEmbedding.from_embedding(emb, r.weight_quantizer(r.embed_bits, embedding=True,
                                                                          rows=emb.num_embeddings))
+        if token_counts is not None:
+            qm.embed.weight_quantizer.set_counts(token_counts)
     qm.quant_recipe = r
     return qm
 
