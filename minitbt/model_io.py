@@ -20,13 +20,14 @@ def build_model(**config) -> Seq2SeqTransformer:
     return Seq2SeqTransformer(TransformerConfig(**config))
 
 
-def quantize(model, recipe, method: str = None):
+def quantize(model, recipe, method: str = None, token_counts=None):
     """A quantized copy of ``model`` (see minitbt.quant.quantize_model). ``recipe`` is a spec such
-    as "2-2-8" or "twn-2-2-2", or the dict a checkpoint header holds (every QuantRecipe field)."""
+    as "2-2-8" or "twn-2-2-2", or the dict a checkpoint header holds (every QuantRecipe field).
+    ``token_counts`` ranks the rows of a frequency-aware embedding (quant/freq_embedding.py)."""
     from minitbt.quant import QuantRecipe, quantize_model
     if isinstance(recipe, dict):
         recipe = QuantRecipe(**recipe)
-    return quantize_model(model, recipe, method=method or None)
+    return quantize_model(model, recipe, method=method or None, token_counts=token_counts)
 
 
 def _quantizer_sites(model) -> dict:

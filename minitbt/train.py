@@ -110,7 +110,6 @@ class TrainConfig:
                                                         if self.quant_options else "") + f": {exc}") from None
 
 
-
 PRESETS = {
     # a few minutes on a laptop CPU; BLEU worth showing on ddtp-en-de within 10 minutes
     "tiny": dict(d_model=128, n_layers=2, d_ff=512, max_src_len=64, max_tgt_len=64, lr=2e-3,
@@ -331,5 +330,10 @@ def _initial_model(cfg: TrainConfig, tokenizer):
                             dropout=cfg.dropout, max_len=max(cfg.max_src_len, cfg.max_tgt_len) + 1,
                             seed=cfg.seed)
     if cfg.quant:
-        model = quantize(model, cfg.recipe())
+        recipe = cfg.recipe()
+        counts = None
+        if getattr(recipe, "embed_schedule", ""):                 # frequent tokens get more bits
+            from minitbt.quant import task_token_counts
+            counts = task_token_counts(cfg.task, tokenizer=tokenizer)
+        model = quantize(model, recipe, token_counts=counts)
     return model

@@ -190,3 +190,30 @@ def test_count_tokens_of_a_tokenized_split():
     assert c.sum() == data.src_len.sum() + data.tgt_len.sum()                  # every lookup counted once
     assert c[BOS] == 2 and c[EOS] == 2                                         # decoder inputs, sources
     assert c[tok.token_to_id("▁the")] == 1
+
+
+def test_training_ranks_the_embedding_rows_by_the_task_counts(tmp_path):
+    """--quant-options embed_schedule=...: train() passes the task's token counts, so the most
+    frequent tokens get the most bits (not the lowest ids)."""
+    from minitbt.datasets import prepare_user_task
+    from minitbt.model_io import load_model
+    from minitbt.quant import task_token_counts
+    from minitbt.train import config_from_preset, train
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    words = "zebra yak xenon walrus vole the".split()
+    rng = np.random.default_rng(0)
+    src = [" ".join(rng.choice(words, 5, p=[0.05, 0.05, 0.05, 0.05, 0.05, 0.75])) for _ in range(200)]
+    (raw / "train.source").write_text("\n".join(src) + "\n")
+    (raw / "train.target").write_text("\n".join(src) + "\n")
+    task = str(tmp_path / "t")
+    prepare_user_task(str(raw), task, vocab_size=40)
+    cfg = config_from_preset("test", task=task, out=str(tmp_path / "run"), quant="bcq-2-2-32", max_steps=2,
+                             eval_every=2, eval_sentences=2, quant_options="embed_schedule=2:0.1/1")
+    train(cfg, quiet=True)
+    model, _ = load_model(str(tmp_path / "run" / "last.npz"))
+    bits = model.embed.weight_quantizer.row_bits
+    counts = task_token_counts(task)
+    top = int(np.argmax(counts))
+    assert bits[top] == 2 and bits.max() == 2 and bits.min() == 1
+    assert counts[bits == 2].min() >= counts[bits == 1].max()
