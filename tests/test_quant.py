@@ -13,6 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 import minitbt.quant as Q
 from minitbt import Tensor
+from minitbt.quant.scale import SCALE_EPS
 
 FAST = settings(max_examples=int(os.environ.get("QUANT_EXAMPLES", 25)), deadline=None)   # raise to hunt edge cases
 
@@ -404,7 +405,8 @@ def test_per_channel_fqt(seed, shape, bits, signed, per_channel):
     q(Tensor(x))                                              # first-batch init: max|x_c| / Qp
     lo, hi = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
     m = np.abs(x).reshape(-1, C).max(axis=0) if per_channel else np.abs(x).max()
-    np.testing.assert_allclose(q.scale.data, np.where(m > 0, m / hi, 1.0) * np.ones(q.scale.shape), rtol=1e-12)
+    init = np.where(m / hi > SCALE_EPS, m / hi, 1.0)          # a scale at or below the clamp starts at 1
+    np.testing.assert_allclose(q.scale.data, init * np.ones(q.scale.shape), rtol=1e-12)
     s = np.abs(rand(seed + 3, q.scale.shape)) * 0.05 + 0.01   # a scale that clips some values
     q.scale.data[...] = s
     G = rand(seed + 1, shape)
