@@ -10,18 +10,15 @@ KV cache (encoder included in the time):
 * float32   -- the baseline: the full-precision model with the same architecture and weights
                (minitbt.model_io.load_latent_fp for a quantized checkpoint), its own float32
                forward (Seq2SeqTransformer.encode / decode), NOT the fake-quantized QAT model;
-* packed    -- pack_model(the quantized model): ternary weights on the bit kernels, run by
-               minitbt.packed's lean encode/decode path;
-* lean fp32 -- a control, not a candidate: the float32 model run by the same lean path as the
-               packed one (minitbt.packed.lean_encode / lean_decode on the unpacked model), so
-               the ratio packed / lean fp32 is what the bit kernels themselves buy;
+* packed    -- pack_model(the quantized model): ternary weights on the bit kernels, run by the
+               same module forward (minitbt.nn) with packed layers in it;
 * PyTorch   -- a float32 port of the same model (written below, checked against minitbt's
                logits), when torch is installed.
 
 By default every sentence is decoded for exactly --max-len tokens (<eos> is suppressed, as with
 greedy(min_len=max_len)), so that every side does the same number of steps whatever the model
 predicts (speed does not depend on training); --stop-at-eos decodes naturally instead. The sides
-run in turns sentence by sentence (float, packed, lean, torch, float, ...), --repeats passes over
+run in turns sentence by sentence (float, packed, torch, float, ...), --repeats passes over
 the sentences after --warmup passes over the first two; per sentence the median over the passes,
 tokens/s = tokens / sum of those medians. Then: file sizes (save_packed vs float32 and float16
 checkpoints), an agreement check (packed vs fake-quant greedy outputs) and a per-component
@@ -73,13 +70,15 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 from _common import header, print_table, write_json  # noqa: E402
 from minitbt import checkpoint, kernels, packed as pk  # noqa: E402
-from minitbt.packed import layers as pk_layers, levels as pk_levels, runtime as pk_runtime  # noqa: E402
 from minitbt.data import BOS, EOS  # noqa: E402
 from minitbt.decode import greedy  # noqa: E402
 from minitbt.model_io import build_model, load_latent_fp, load_model, quantize, save_model  # noqa: E402
 from minitbt.nn.attention import MultiHeadAttention  # noqa: E402
 from minitbt.nn.layers import LayerNorm, Linear  # noqa: E402
 from minitbt.nn.transformer import Seq2SeqTransformer  # noqa: E402
+from minitbt.packed import PackedLinear  # noqa: E402
+from minitbt.quant.activation import BiTElasticBinary, ElasticQuantizer, MinMaxQuantizer, PerChannelQuantizer  # noqa: E402
+from minitbt.quant.base import Quantizer  # noqa: E402
 from minitbt.tensor import no_grad  # noqa: E402
 
 SMALL = dict(vocab_size=8000, d_model=ARGS.d_model, n_heads=ARGS.heads, d_ff=ARGS.d_ff, n_encoder_layers=ARGS.layers,
@@ -133,22 +132,6 @@ def sources(cfg):
         what = f"random ids ({exc})"
     out = [np.append(np.asarray(s[: cfg.max_len - 1]), EOS).astype(np.int64)[None] for s in ids]
     return out, what
-
-
-class Lean:
-    """An unpacked model run by minitbt.packed's lean encode/decode (the control side)."""
-
-    def __init__(self, model):
-        self.model, self.config = model, model.config
-
-    def encode(self, src):
-        return pk.lean_encode(self.model, src)
-
-    def init_cache(self):
-        return self.model.init_cache()
-
-    def decode(self, *args, **kw):
-        return pk.lean_decode(self.model, *args, **kw)
 
 
 # --------------------------------------------------------------------------- PyTorch port
@@ -347,29 +330,19 @@ CATS = ["linear layers", "linear layers: quantize", "integer kernel", "attention
         "LayerNorm", "embedding", "LM head (float)", "other (residuals, FFN activation, argmax, Python glue)"]
 
 
-def breakdown(model, srcs, lean):
+def breakdown(model, srcs):
     """Mean ms per decoding step by component (encoder excluded)."""
     bd = Breakdown()
-    if lean:
-        # each function is wrapped where its callers look it up (the module they import it into)
-        bd.wrap(pk_runtime, "_linear", "linear layers")
-        bd.wrap(pk_layers.PackedLinear, "apply2d", "linear layers")
-        bd.wrap(pk_layers, "_ternary_int8", "integer kernel")
-        bd.wrap(pk_layers, "_levels", None)                # in the linear layers
-        bd.wrap(pk_levels, "_levels", None)                # in _fake_quant (attention states)
-        bd.wrap(pk_layers, "_codes_i8", None)              # the compiled int8 quantizer, likewise
-        bd.wrap(pk_levels, "_codes_i8", None)
-        bd.wrap(pk_runtime, "_self_attention", "attention")
-        bd.wrap(pk_runtime, "_cross_attention", "attention")
-        bd.wrap(pk_runtime, "_layer_norm", "LayerNorm")
-        bd.wrap(pk_runtime, "_embed", "embedding")
-        bd.wrap(pk_runtime, "_lm_head", "LM head (float)")
-    else:
-        bd.wrap(Linear, "forward", "linear layers")
-        bd.wrap(MultiHeadAttention, "forward", "attention")
-        bd.wrap(LayerNorm, "forward", "LayerNorm")
-        bd.wrap(Seq2SeqTransformer, "_embed", "embedding")
-        bd.wrap(Seq2SeqTransformer, "output_projection", "LM head (float)")
+    bd.wrap(Linear, "forward", "linear layers")
+    bd.wrap(PackedLinear, "forward", "linear layers")
+    bd.wrap(PackedLinear, "_integer_dot", "integer kernel")
+    for cls in (MinMaxQuantizer, ElasticQuantizer, BiTElasticBinary, PerChannelQuantizer):
+        bd.wrap(cls, "codes", None)                        # "<caller>: quantize"
+    bd.wrap(Quantizer, "__call__", None)                   # the attention states' fake quantization
+    bd.wrap(MultiHeadAttention, "forward", "attention")
+    bd.wrap(LayerNorm, "forward", "LayerNorm")
+    bd.wrap(Seq2SeqTransformer, "_embed", "embedding")
+    bd.wrap(Seq2SeqTransformer, "output_projection", "LM head (float)")
     rounds = []
     try:
         for s in srcs:
@@ -490,11 +463,9 @@ def main():
     print(f"# model: {what}")
     mode = "natural greedy (stop at <eos>)" if ARGS.stop_at_eos else f"{ARGS.max_len} tokens each (<eos> suppressed)"
     print(f"# sources: {src_what}; {mode}")
-    why = pk.lean_unsupported(packed)
-    print(f"# packed model path: {'lean encode/decode' if why is None else 'module path (' + why + ')'}; "
-          f"kernels: {sorted(set(pk.kernel_report(packed).values()))}")
+    print(f"# packed model kernels: {sorted(set(pk.kernel_report(packed).values()))}")
 
-    sides = {"float32": fp, "packed": packed, "lean fp32": Lean(fp)}
+    sides = {"float32": fp, "packed": packed}
     tmodel, tnote = (None, "skipped (--no-torch)") if ARGS.no_torch else torch_port(fp)
     if tmodel is not None:
         sides["PyTorch fp32"] = tmodel
@@ -503,7 +474,6 @@ def main():
     # ---- agreement checks (not timed)
     n = min(ARGS.check, len(srcs))
     same_fq = sum(run_greedy(q, s)[0] == run_greedy(packed, s)[0] for s in srcs[:n])
-    same_lean = sum(run_greedy(fp, s)[0] == run_greedy(sides["lean fp32"], s)[0] for s in srcs[:n])
     same_fq64 = None
     if same_fq < n:                     # float32 rounding can flip an activation code: retry in float64
         q64 = copy.deepcopy(q)
@@ -512,8 +482,7 @@ def main():
         same_fq64 = sum(run_greedy(q64, s)[0] == run_greedy(p64, s)[0] for s in srcs[:n])
     print(f"# agreement: packed == fake-quant greedy output on {same_fq}/{n} sentences"
           + ("" if same_fq64 is None else f" in float32, {same_fq64}/{n} in float64 (a float32 rounding difference "
-             "flips an 8-bit activation code now and then: tests/test_packed.py)")
-          + f"; lean fp32 == float32 on {same_lean}/{n}", end="")
+             "flips an 8-bit activation code now and then: tests/test_packed.py)"), end="")
     torch_check = None
     if tmodel is not None:
         with no_grad():
@@ -542,10 +511,8 @@ def main():
                        ("ms_tok", "ms/token", "{:.3f}"), ("vs_float", "x float32", "{:.2f}x"),
                        ("per_sentence", "median per sentence", "{:.2f}x")])
     ratio = timed["packed"]["tokens_per_s"] / base
-    control = timed["packed"]["tokens_per_s"] / timed["lean fp32"]["tokens_per_s"]
     print(f"\npacked / float32 tokens/s: {ratio:.2f}x (target >= 3x, stretch >= 5x: "
-          f"{'met' if ratio >= 3 else 'NOT met'}); packed / lean fp32 (same runtime, what the kernels "
-          f"buy): {control:.2f}x")
+          f"{'met' if ratio >= 3 else 'NOT met'})")
 
     # ---- sizes
     sz = sizes(fp, packed)
@@ -561,9 +528,8 @@ def main():
 
     # ---- per-component breakdown of one decoding step
     bsrcs = srcs[:max(1, ARGS.breakdown_steps)]
-    bds = {"float32": breakdown(fp, bsrcs, lean=False), "packed": breakdown(packed, bsrcs, lean=True),
-           "lean fp32": breakdown(Lean(fp), bsrcs, lean=True)}
-    plain = {"float32": step_ms(fp, bsrcs), "packed": step_ms(packed, bsrcs), "lean fp32": step_ms(Lean(fp), bsrcs)}
+    bds = {"float32": breakdown(fp, bsrcs), "packed": breakdown(packed, bsrcs)}
+    plain = {"float32": step_ms(fp, bsrcs), "packed": step_ms(packed, bsrcs)}
     print(f"\n# one decoding step, ms (wall clock, instrumented; {len(bsrcs)} sentences x {ARGS.max_len} steps, "
           f"median); uninstrumented step ({ARGS.clock} clock): "
           + ", ".join(f"{k} {v:.3f}" for k, v in plain.items()))
@@ -580,18 +546,17 @@ def main():
           f"{100 * ar['linear layers'] / plain['float32']:.0f}% of the float32 step; LM head {ar['LM head']:.3f} ms "
           f"({ar['LM head MACs'] / 1e6:.2f} M MACs, float in both models) = "
           f"{100 * ar['LM head'] / plain['float32']:.0f}%. Infinitely fast bit kernels in this runtime would make "
-          f"the step at most {plain['lean fp32'] / max(plain['lean fp32'] - ar['linear layers'], 1e-9):.2f}x faster "
-          f"than lean fp32.")
+          f"the step at most {plain['float32'] / max(plain['float32'] - ar['linear layers'], 1e-9):.2f}x faster "
+          f"than float32.")
 
     if ARGS.json:
         write_json(ARGS.json, {**info, "model": what, "sources": src_what, "max_len": ARGS.max_len,
                                "stop_at_eos": ARGS.stop_at_eos, "repeats": ARGS.repeats, "recipe": ARGS.recipe,
                                "torch": tnote, "torch_check": torch_check,
                                "agreement": {"packed_vs_fake_quant": [same_fq, n], "packed_vs_fake_quant_float64":
-                                             None if same_fq64 is None else [same_fq64, n],
-                                             "lean_vs_float": [same_lean, n]},
+                                             None if same_fq64 is None else [same_fq64, n]},
                                "results": rows, "ratio_packed_vs_float32": ratio,
-                               "ratio_packed_vs_lean_fp32": control, "sizes": sz,
+                               "sizes": sz,
                                "breakdown_ms": {k: {c: 1e3 * v for c, v in b.items()} for k, b in bds.items()},
                                "step_ms": plain, "arithmetic_ms": ar, "kernels": pk.kernel_report(packed)})
 

@@ -10,7 +10,6 @@ from test_kernels import EXAMPLES, PATHS, _matmul, _rng, path  # noqa: F401  (pa
 
 from minitbt import kernels as kn
 from minitbt.kernels import _checks
-from minitbt.packed.levels import _codes_i8, _fake_quant, _levels
 from minitbt.quant.activation import (BiTElasticBinary, ElasticQuantizer, MinMaxQuantizer,
                                       PerChannelQuantizer, PerTokenAbsMax, SymmetricA8)
 from minitbt.tensor import Tensor
@@ -192,35 +191,41 @@ def _quantizers():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bad", BAD)
 def test_activation_quantizer_paths_refuse_non_finite_alike(path, bad, dtype):
-    """codes(), the packed model's fast levels, the compiled int8 quantizer and _fake_quant
-    give one answer on NaN, inf and -inf: the same ValueError (before, PerTokenAbsMax on a NaN:
-    codes from an invalid cast, NaN levels, and other codes from the C; on inf: zero codes, and a
-    NaN level). On finite input they still agree."""
+    """codes() (with its compiled fast path where it has one), the fake-quant forward's codes
+    and the int8 quantizer kernel give one answer on NaN, inf and -inf: the same ValueError
+    (before, PerTokenAbsMax on a NaN: codes from an invalid cast, NaN levels, and other codes
+    from the C; on inf: zero codes, and a NaN level). On finite input they still agree."""
     x, clean = _with(bad, dtype=dtype), _with(0.5, dtype=dtype)
     for q in _quantizers():
-        paths = {"codes": lambda v: q.codes(v).codes, "levels": lambda v: _levels(q, v),
-                 "codes_i8": lambda v: _codes_i8(q, v), "fake_quant": lambda v: _fake_quant(q, v)}
-        for name, run in paths.items():
-            if name != "codes" and run(clean) is None:
-                continue                           # no fast path for this quantizer / dtype / build
-            with pytest.raises(ValueError, match=NON_FINITE):
-                run(x)
-        lv, i8 = _levels(q, clean), _codes_i8(q, clean)
-        if lv is not None:
-            np.testing.assert_array_equal(lv[0], q.codes(clean).codes)
-        if i8 is not None:
-            np.testing.assert_array_equal(i8[0], q.codes(clean).codes)
-        if path == "numpy":
-            assert i8 is None                      # the compiled quantizer is never reached
+        with pytest.raises(ValueError, match=NON_FINITE):
+            q.codes(x)
+        np.testing.assert_array_equal(q.codes(clean).dequantize(), q(Tensor(clean)).data)
+    if dtype == np.float32:
+        with pytest.raises(ValueError, match=NON_FINITE):
+            kn.quantize_rows_i8(x, 127, 2.5)
 
 
 def test_compiled_quantizer_is_reached_and_refuses():
-    """On the compiled path the int8 quantizer does run (so the test above covers it)."""
+    """On the compiled path SymmetricA8.codes does run the compiled int8 quantizer."""
     if not kn.HAVE_EXT:
         pytest.skip("needs the compiled kernels")
-    assert _codes_i8(SymmetricA8(), _with(0.5)) is not None
+    calls, core = [], kn._core
+
+    class Spy:                                   # the compiled module, counting quantize_rows_i8 calls
+        def __getattr__(self, name):
+            return getattr(core, name)
+
+        def quantize_rows_i8(self, *args):
+            calls.append(1)
+            return core.quantize_rows_i8(*args)
+    try:
+        kn._core = Spy()
+        SymmetricA8().codes(_with(0.5))
+    finally:
+        kn._core = core
+    assert calls
     with pytest.raises(ValueError, match=NON_FINITE):
-        _codes_i8(SymmetricA8(), _with(np.nan))
+        SymmetricA8().codes(_with(np.nan))
 
 
 def test_training_forward_lets_nan_through():

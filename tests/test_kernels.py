@@ -311,3 +311,26 @@ def test_fallback_flag_and_env(monkeypatch):
     monkeypatch.delenv("MINITBT_NO_EXT")
     core, why = kn._load_core()
     assert (core is None) == bool(why)          # a module, or None with the reason
+
+
+@pytest.mark.parametrize("qp,clip", [(127, 2.5), (127, None), (7, None), (1, None)])
+def test_quantize_rows_i8(path, qp, clip):
+    """The compiled per-row int8 quantizer equals its NumPy reference bit for bit (codes and
+    scales), on random shapes (M = 1 and K not a multiple of anything included), zero rows and
+    exact ties on the A8 grid; the codes reconstruct min-max quantization."""
+    rng = _rng(qp)
+    tol = np.float32(256 * np.finfo(np.float32).eps) * np.float32(qp)
+    for t in range(100):
+        M, K = int(rng.integers(1, 9)), int(rng.integers(1, 300))
+        x = (rng.standard_normal((M, K)) * rng.choice([0.01, 1, 3, 100])).astype(np.float32)
+        if t % 5 == 0:
+            x[0] = 0
+        if t % 7 == 0:                                       # exact half-steps of the A8 grid
+            x[-1] = np.float32(0.5) * rng.integers(-40, 41, K) * np.float32(2.5 / 127)
+        codes, scale = kn.quantize_rows_i8(x, qp, clip, tol)
+        ref_codes, ref_scale = kn.quantize_rows_i8_ref(x, qp, clip, tol)
+        np.testing.assert_array_equal(codes, ref_codes)
+        np.testing.assert_array_equal(scale, ref_scale)
+        assert codes.dtype == np.int8 and scale.shape == (M, 1) and np.abs(codes).max() <= qp
+    with pytest.raises(ValueError, match="qp"):
+        kn.quantize_rows_i8(x, 200)

@@ -307,7 +307,7 @@ def test_seq_scales_are_learned_and_not_decayed():
 # ---- packing ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("spec,options,kernels", [
     ("paretoq-2-2-2", {}, {"ternary x ternary planes", "bit planes (2-bit unsigned)"}),
-    ("paretoq-1-1-1", {}, {"xnor-popcount", "bit planes (1-bit unsigned)"}),
+    ("paretoq-1-1-1", {}, {"xnor-popcount", "bit planes x signs (1-bit unsigned)"}),
     ("2-2-8", dict(a8_unsigned="minmax"), {"ternary x int8", "bit planes (8-bit unsigned)"}),
 ])
 def test_packed_equals_fake_quant(spec, options, kernels, tmp_path):

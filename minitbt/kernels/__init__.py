@@ -17,6 +17,7 @@ One concept per file:
 * ``int8.py``     -- ternary x int8 (W2A8 / W1A8);
 * ``signadd.py``  -- ternary x float32 with additions only;
 * ``lut.py``      -- k-bit binary-coding weights x float32 by table look-up (BiQGEMM / T-MAC);
+* ``quantize.py`` -- float32 rows -> int8 codes and a scale per row (the input of ``int8.py``);
 * ``_checks.py``  -- the input validation they share.
 
 Scales, offsets (centring) and zero-points stay outside: these kernels compute the
@@ -31,8 +32,8 @@ Bad input gets one clear error, never a silent wrong answer (docs/kernels.md sec
 * K must keep the result exact in int32: ``|y| <= term * K <= 2^31 - 1``, term = 1
   ({-1,0,1} activations), 2^k - 1 (k bit planes), 128 (int8); see ``_checks._check_int32``.
 * Non-finite input, one rule everywhere: wherever float values become integer codes or enter
-  a kernel (the activation quantizers' ``codes()``, ``minitbt.packed.levels``, the compiled
-  int8 quantizer behind it, ``pack_bits``/``pack_signs`` of floats, ``gemm_signadd_f32``,
+  a kernel (the activation quantizers' ``codes()``, ``quantize_rows_i8`` behind the min-max
+  ones, ``pack_bits``/``pack_signs`` of floats, ``gemm_signadd_f32``,
   ``gemv_ternary_f32``, ``gemm_signadd_f32_ref``, ``gemm_bcq_lut`` and ``gemm_bcq_lut_ref``), a
   NaN, inf or -inf is refused with a ValueError that names the argument and says "non-finite".
   The check is one ``np.isfinite(x).all()`` at the Python boundary; the C never sees such a value.
@@ -55,9 +56,10 @@ __all__ = [
     "gemm_xnor", "gemm_and_pm1", "gemm_bitplane", "gemm_bitplane_pm1", "gemm_ternary_ternary",
     "TernaryInt8Weights", "prepare_ternary_int8", "gemm_ternary_int8",
     "TernarySignAddWeights", "prepare_signadd", "gemm_signadd_f32", "gemv_ternary_f32",
-    "BinaryCodingLUTWeights", "prepare_bcq_lut", "gemm_bcq_lut",
+    "BinaryCodingLUTWeights", "prepare_bcq_lut", "gemm_bcq_lut", "quantize_rows_i8",
     "gemm_xnor_ref", "gemm_and_pm1_ref", "gemm_bitplane_ref", "gemm_bitplane_pm1_ref",
     "gemm_ternary_ternary_ref", "gemm_ternary_int8_ref", "gemm_signadd_f32_ref", "gemm_bcq_lut_ref",
+    "quantize_rows_i8_ref",
 ]
 
 
@@ -93,3 +95,4 @@ from minitbt.kernels.signadd import (  # noqa: E402
     prepare_signadd)
 from minitbt.kernels.lut import (  # noqa: E402
     BinaryCodingLUTWeights, gemm_bcq_lut, gemm_bcq_lut_ref, prepare_bcq_lut)
+from minitbt.kernels.quantize import quantize_rows_i8, quantize_rows_i8_ref  # noqa: E402

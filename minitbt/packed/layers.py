@@ -3,106 +3,92 @@ import numpy as np
 
 from minitbt import kernels
 from minitbt.nn.module import Module, Parameter
-from minitbt.quant.activation import MinMaxQuantizer
 from minitbt.quant.base import PlaneCodes
-from minitbt.quant.layers import QuantEmbedding, QuantLinear
 from minitbt.tensor import Tensor
-from minitbt.packed.levels import _codes_i8, _fake_quant, _levels, _per_token, _ternary_int8, _vec
+from minitbt.packed.table import FLOAT, choose_kernel, plane_bits
+
+
+def _vec(a, n) -> np.ndarray:
+    """A scale or offset (scalar, (n, 1) or (n,)) as a vector of length n (float32, or float64 if given)."""
+    a = np.asarray(a)
+    a = a.astype(np.float64 if a.dtype == np.float64 else np.float32)
+    return np.broadcast_to(a.reshape(-1) if a.size > 1 else a.reshape(()), (n,)).copy()
+
+
+WEIGHT_ARRAYS = {"ternary": ("planes", "w_scale", "w_offset"), "binary": ("planes", "w_scale", "w_offset"),
+                 "bcq": ("bcq_signs", "bcq_scale"), "dense": ("w_dense",)}
 
 
 class PackedLinear(Module):
-    """y = q_x(x) W_q^T + b with W_q stored as bit planes. The kind, decided once here from the
-    weight codes:
+    """y = q_x(x) W_q^T + b, W_q stored packed. The weight kind:
 
-    * "ternary": codes in {-1, 0, 1}, two planes (2 bits per weight), a scale and offset per row;
-      the bit kernels of ``_integer_dot`` / sign-add;
-    * "bcq": binary-coding codes (PlaneCodes, W_r = sum_i a_{i,r} b_{i,r}), k sign planes (k bits
-      per weight) and k scales per row; the LUT kernel ``kernels.gemm_bcq_lut`` on float32
-      activations (float64, for exactness checks, runs the dequantized weight as a matmul);
-    * "dense": anything else (8-bit codes, FP): a float matmul of the dequantized weight.
+    * "ternary" / "binary": codes in {-1, 0, 1} (binary: no 0), two bit planes (2, N, W), a scale
+      ``w_scale`` and an offset ``w_offset`` per row;
+    * "bcq": binary-coding codes (PlaneCodes, W_r = sum_i a_{i,r} b_{i,r}): k sign planes
+      ``bcq_signs`` (k, N, W) and k scales per row ``bcq_scale`` (k, N);
+    * "dense": anything else (8-bit codes, FP): the dequantized weight ``w_dense`` (N, K).
+
+    ``kernel`` is chosen here, once, from the kernel table (minitbt/packed/table.py). The input
+    is quantized by the trained activation quantizer's ``codes()``; then
+
+        y = s_x s_w (c_x . c_w) + s_x o_w sum(c_x) + o_x s_w sum(c_w) + o_x o_w K + b
+
+    with only c_x . c_w on the kernel (docs/kernels.md section 1).
     """
 
-    def __init__(self, qlinear: QuantLinear):
+    def __init__(self, in_features, out_features, kind, weights: dict, bias=None, input_quantizer=None):
         super().__init__()
-        self.in_features, self.out_features = qlinear.in_features, qlinear.out_features
-        self.bias = Parameter(qlinear.bias.data, requires_grad=False) if qlinear.bias is not None else None
-        self.input_quantizer = qlinear.input_quantizer
-        N, K = qlinear.weight.data.shape
-        wc = qlinear.weight_codes() if qlinear.weight_quantizer is not None else None
-        if wc is not None and not isinstance(wc, PlaneCodes) and np.abs(wc.codes).max() <= 1:
-            self.kind = "ternary"
-            self.register_buffer("planes", kernels.pack_ternary(wc.codes.astype(np.int8)))   # (2, N, W)
-            self.register_buffer("w_scale", _vec(wc.scale, N))
-            self.register_buffer("w_offset", _vec(wc.offset, N))
-        elif isinstance(wc, PlaneCodes) and not np.any(wc.offset):
-            self.kind = "bcq"                                  # W_r = sum_i a_{i,r} b_{i,r}
-            k = wc.codes.shape[0]
-            self.register_buffer("bcq_signs", np.stack([kernels.pack_signs(b) for b in wc.codes]))  # (k, N, W)
-            self.register_buffer("bcq_scale", np.asarray(wc.scale).reshape(k, N).copy())            # (k, N)
-        else:                                                  # 8-bit codes, or FP
-            self.kind = "dense"
-            self.register_buffer("w_dense", qlinear.quantized_weight().astype(np.float32))
-        self._layouts = {}
+        self.in_features, self.out_features, self.kind = in_features, out_features, kind
+        self.bias = None if bias is None else Parameter(np.asarray(bias), requires_grad=False)
+        self.input_quantizer = input_quantizer
+        for name in WEIGHT_ARRAYS[kind]:
+            self.register_buffer(name, np.asarray(weights[name]))
+        self.kernel = choose_kernel(input_quantizer, kind)
+        self._prepare()
 
     @classmethod
-    def _concat(cls, layers):
-        """One PackedLinear computing the given ternary layers side by side (outputs concatenated);
-        the input quantizer is the first layer's (the caller checks that they agree)."""
-        first = layers[0]
-        fused = cls.__new__(cls)
-        Module.__init__(fused)
-        fused.in_features = first.in_features
-        fused.out_features = sum(m.out_features for m in layers)
-        fused.bias = None if first.bias is None else \
-            Parameter(np.concatenate([m.bias.data for m in layers]), requires_grad=False)
-        fused.input_quantizer = first.input_quantizer
-        fused.kind = "ternary"
-        fused.planes = np.ascontiguousarray(np.concatenate([m.planes for m in layers], axis=1))
-        fused.w_scale = np.concatenate([m.w_scale for m in layers])
-        fused.w_offset = np.concatenate([m.w_offset for m in layers])
-        fused._layouts = {}
-        return fused
+    def pack(cls, qlinear):
+        """The packed form of a QuantLinear (its latent float weight is not kept)."""
+        N = qlinear.out_features
+        wc = qlinear.weight_codes() if qlinear.weight_quantizer is not None else None
+        if wc is not None and not isinstance(wc, PlaneCodes) and np.abs(wc.codes).max() <= 1:
+            codes = wc.codes.astype(np.int8)
+            kind = "binary" if (codes != 0).all() else "ternary"
+            weights = {"planes": kernels.pack_ternary(codes), "w_scale": _vec(wc.scale, N),
+                       "w_offset": _vec(wc.offset, N)}
+        elif isinstance(wc, PlaneCodes) and not np.any(wc.offset):
+            kind, k = "bcq", wc.codes.shape[0]
+            weights = {"bcq_signs": np.stack([kernels.pack_signs(b) for b in wc.codes]),
+                       "bcq_scale": np.asarray(wc.scale).reshape(k, N).copy()}
+        else:
+            kind, weights = "dense", {"w_dense": qlinear.quantized_weight().astype(np.float32)}
+        bias = None if qlinear.bias is None else qlinear.bias.data
+        return cls(qlinear.in_features, N, kind, weights, bias, qlinear.input_quantizer)
 
-    # ---- weight layouts, prepared once per kernel on first use ----------------------
-    def _codes(self) -> np.ndarray:
-        K = self.in_features
-        plus, minus = kernels.unpack_bits(self.planes[0], K), kernels.unpack_bits(self.planes[1], K)
-        return plus.astype(np.int8) - minus.astype(np.int8)                # (N, K)
-
-    def _layout(self, name):
-        if name not in self._layouts:
-            if "_codes" not in self._layouts:                              # first use (or after a load)
-                codes = self._codes()
-                self._layouts["codes_sum"] = codes.sum(axis=1).astype(self.w_scale.dtype)   # sum_k c_w
-                self._layouts["binary"] = bool((codes != 0).all())
-                self._layouts["_codes"] = codes
-                self._layouts["w_offset_zero"] = not np.any(self.w_offset)
-            codes = self._layouts["_codes"]
-            make = {"int8": lambda: kernels.prepare_ternary_int8(codes),
-                    "signadd": lambda: kernels.prepare_signadd(codes),
-                    "signs": lambda: kernels.pack_signs(codes),
-                    "ternary": lambda: np.ascontiguousarray(self.planes)}
-            if name in make:
-                self._layouts[name] = make[name]()
-        return self._layouts[name]
-
-    def _int8_plan(self):
-        """Prepare the layouts; returns the input quantizer when apply2d's fast path applies
-        (ternary weights without offsets, compiled kernels, a signed per-token min-max quantizer
-        of 3 to 8 bits, i.e. the ternary x int8 kernel), else False."""
-        q = self.input_quantizer
-        ok = self.kind == "ternary" and kernels._core is not None and isinstance(q, MinMaxQuantizer) \
-            and q.signed and q.per_token and 3 <= q.precision and q.qp <= 127
-        if self.kind == "ternary":
-            self._layout("codes_sum")
-            ok = ok and self._layouts["w_offset_zero"]
-            if ok:
-                self._layout("int8")
-        self._layouts["int8_quantizer"] = q if ok else False
-        return self._layouts["int8_quantizer"]
-
-    def reset_layouts(self):
-        self._layouts = {}
+    # ---- the weight layout the kernel reads, prepared once ------------------------------
+    def _prepare(self):
+        K, k = self.in_features, self.kernel
+        if self.kind == "bcq":
+            signs = 1 - 2 * kernels.unpack_bits(self.bcq_signs, K).astype(np.int8)          # (k, N, K)
+            self._lut = kernels.prepare_bcq_lut(signs, self.bcq_scale)
+            self._w = (signs * self.bcq_scale[..., None]).sum(axis=0)      # as PlaneCodes.dequantize
+            return
+        if self.kind == "dense":
+            self._w = self.w_dense
+            return
+        codes = kernels.unpack_bits(self.planes[0], K).astype(np.int8) - kernels.unpack_bits(self.planes[1], K)
+        self._codes_sum = codes.sum(axis=1).astype(self.w_scale.dtype)     # sum_k c_w
+        self._w_offset = bool(np.any(self.w_offset))
+        if k == FLOAT:
+            self._w = codes * self.w_scale[:, None] + self.w_offset[:, None]
+        elif k == "ternary x int8":
+            self._int8 = kernels.prepare_ternary_int8(codes)
+        elif k == "sign-add (float activations)":
+            self._signadd = kernels.prepare_signadd(codes)
+        elif k in ("xnor-popcount", "bit planes x signs"):
+            self._signs = kernels.pack_signs(codes)
+        if k.startswith("bit planes"):
+            self._planes_k = plane_bits(self.input_quantizer)
 
     # ---- forward ------------------------------------------------------------------
     def forward(self, x):                                                   # (..., K) -> (..., N)
@@ -110,159 +96,77 @@ class PackedLinear(Module):
         lead, K, N = xd.shape[:-1], self.in_features, self.out_features
         dtype = np.float64 if xd.dtype == np.float64 else np.float32        # float64 for exactness checks
         x2 = np.ascontiguousarray(xd.reshape(-1, K), dtype=dtype)          # (M, K)
-        return Tensor(self.apply2d(x2).reshape(*lead, N))
-
-    def apply2d(self, x2):
-        """The layer on a C-contiguous (M, K) float32/float64 array -> (M, N), same dtype."""
-        q8 = self._layouts.get("int8_quantizer")
-        if q8 is None:
-            q8 = self._int8_plan()
-        if q8 and self.w_scale.dtype == x2.dtype:
-            # the common case (8-bit per-token activations, no offsets): y = s_x s_w (c_x . c_w) + b
-            ca = _codes_i8(q8, x2)                                   # compiled, float32
-            if ca is None:
-                r, sx, _ = _levels(q8, x2)
-                ca = r.astype(np.int8), sx
-            c8, sx = ca
-            y = np.multiply(_ternary_int8(c8, self._layouts["int8"]), sx * self.w_scale, dtype=x2.dtype)
-            if self.bias is not None:
-                y += self.bias.data
-            return y
-        if self.kind == "dense":
-            xq = x2 if self.input_quantizer is None else self.input_quantizer.codes(x2).dequantize()
-            y = xq @ self.w_dense.T
-        elif self.kind == "bcq":
-            y = self._bcq_forward(x2)
-        else:
-            y = self._ternary_forward(x2)
+        y = self._matmul(x2)
         if self.bias is not None:
-            b = self.bias.data
-            if b.dtype == y.dtype:
-                y += b                                                      # y is ours
-            else:
-                y = y + b
-        return y.astype(x2.dtype, copy=False)
+            y += self.bias.data.astype(y.dtype, copy=False)
+        return Tensor(y.astype(dtype, copy=False).reshape(*lead, N))
 
-    def _ternary_forward(self, x2):
-        M, K = x2.shape
-        self._layout("codes_sum")
-        q = self.input_quantizer
-        if q is None:                                                       # float activations: sign-add
-            dot = kernels.gemm_signadd_f32(x2.astype(np.float32), self._layout("signadd"))
-            return dot * self.w_scale + (x2.sum(axis=1, keepdims=True) * self.w_offset)
-        lv = _levels(q, x2)
-        if lv is not None:                                                  # fast, exact (see _levels)
-            r, sx, ox = lv
-            c = r.astype(np.int8 if q.lo >= -128 and q.qp <= 127 else np.int16)
-            sx = sx.reshape(-1, 1)
-            if ox is None and self._layouts["w_offset_zero"]:               # the other terms are exact zeros
-                return np.multiply(self._integer_dot(c), sx * self.w_scale, dtype=x2.dtype)
-            ox = np.zeros((), x2.dtype) if ox is None else ox.reshape(-1, 1)
-        else:
-            qc = q.codes(x2)
-            sx, ox = np.asarray(qc.scale, x2.dtype), np.asarray(qc.offset, x2.dtype)
-            if not (_per_token(sx, M) and _per_token(ox, M)):               # per-channel scales: no kernel
-                return qc.dequantize() @ (self._layout("_codes") * self.w_scale[:, None] + self.w_offset[:, None]).T
-            c = np.ascontiguousarray(qc.codes)
-            sx, ox = sx.reshape(-1, 1), ox.reshape(-1, 1)                   # (M or 1, 1)
-        dot = self._integer_dot(c).astype(x2.dtype)                         # (M, N), exact integers
+    def _matmul(self, x2):                                                 # (M, K) -> (M, N), a new array
+        q, k = self.input_quantizer, self.kernel
+        if k in (FLOAT, "bcq-lut"):
+            xq = x2 if q is None else q.codes(x2).dequantize()              # == q(x), the fake-quantized input
+            if k == "bcq-lut" and xq.dtype == np.float32:
+                return kernels.gemm_bcq_lut(np.ascontiguousarray(xq), self._lut)
+            return xq @ self._w.T.astype(xq.dtype, copy=False)             # float64: no LUT kernel
+        if k == "sign-add (float activations)":
+            dot = kernels.gemm_signadd_f32(x2.astype(np.float32), self._signadd)
+            return dot * self.w_scale + x2.sum(axis=1, keepdims=True) * self.w_offset
+        c, sx, ox = q.codes(x2)                                             # (M, K), scale and offset per token
+        dot = self._integer_dot(c)                                          # (M, N) int32, exact
+        if not self._w_offset and ox.size == 1 and not ox.any():            # the usual case: y = s_x s_w (c_x . c_w)
+            return np.multiply(dot, sx * self.w_scale, dtype=x2.dtype)
         csum = c.sum(axis=1, keepdims=True, dtype=np.int64).astype(x2.dtype)
         return (sx * self.w_scale) * dot + (sx * csum) * self.w_offset \
-            + ox * (self.w_scale * self._layout("codes_sum")) + ox * self.w_offset * K
-
-    # ---- binary-coding weights: k sign planes, table look-up --------------------------
-    def _bcq_codes(self) -> np.ndarray:
-        """The (k, N, K) sign codes in {-1, +1}, unpacked from bcq_signs (1 = -1)."""
-        return 1 - 2 * kernels.unpack_bits(self.bcq_signs, self.in_features).astype(np.int8)
-
-    def _bcq_forward(self, x2):
-        """y = sum_i a_i (b_i . x_q), x_q = q_x(x) (the same values as the fake-quant forward):
-        float32 by the LUT kernel; float64 (exactness checks) by the dequantized weight."""
-        xq = _fake_quant(self.input_quantizer, x2)
-        if xq.dtype == np.float32:
-            lut = self._layouts.get("bcq_lut")
-            if lut is None:
-                lut = self._layouts["bcq_lut"] = kernels.prepare_bcq_lut(self._bcq_codes(), self.bcq_scale)
-            return kernels.gemm_bcq_lut(np.ascontiguousarray(xq), lut)
-        w = self._layouts.get("bcq_dense")
-        if w is None:                                       # as PlaneCodes.dequantize
-            w = self._layouts["bcq_dense"] = (self._bcq_codes() * self.bcq_scale[..., None]).sum(axis=0)
-        return xq @ w.T.astype(xq.dtype, copy=False)
+            + ox * (self.w_scale * self._codes_sum) + ox * self.w_offset * self.in_features
 
     def _integer_dot(self, c):
-        """c_x (M, K) integer codes . c_w^T with the kernel their value sets allow."""
-        K = self.in_features
-        q = self.input_quantizer
-        if getattr(q, "signed", False) and getattr(q, "precision", 0) >= 3 and c.dtype == np.int8:
-            return self._int8_dot(c)                                        # 8-bit signed: ternary x int8
-        lo, hi = int(c.min()), int(c.max())
-        binary_w = self._layout("binary")
-        if lo >= 0:                                                         # unsigned: bit planes
-            k = max(1, hi.bit_length())
-            planes = kernels.pack_bitplanes(c.astype(np.uint8), k)
-            if binary_w:
-                return kernels.gemm_bitplane_pm1(planes, self._layout("signs"), K)
-            return kernels.gemm_bitplane(planes, self._layout("ternary"), K)
-        if lo >= -1 and hi <= 1:
-            if binary_w and not (c == 0).any():                             # W1A1: XNOR-popcount
-                return kernels.gemm_xnor(kernels.pack_signs(c), self._layout("signs"), K)
-            return kernels.gemm_ternary_ternary(kernels.pack_ternary(c.astype(np.int8)), self._layout("ternary"), K)
-        if lo >= -128 and hi <= 127:                                        # 8-bit: ternary x int8
-            return self._int8_dot(c.astype(np.int8))
-        return c.astype(np.float32) @ self._layout("_codes").T.astype(np.float32)
+        """c_x (M, K) integer codes . c_w^T on this layer's kernel -> (M, N) int32."""
+        K, k = self.in_features, self.kernel
+        if k == "ternary x int8":
+            return kernels.gemm_ternary_int8(np.ascontiguousarray(c, dtype=np.int8), self._int8)
+        if k == "xnor-popcount":
+            return kernels.gemm_xnor(kernels.pack_signs(c), self._signs, K)
+        if k == "ternary x ternary planes":
+            return kernels.gemm_ternary_ternary(kernels.pack_ternary(c.astype(np.int8)), self.planes, K)
+        planes = kernels.pack_bitplanes(c.astype(np.uint8), self._planes_k)
+        if k == "bit planes x signs":
+            return kernels.gemm_bitplane_pm1(planes, self._signs, K)
+        return kernels.gemm_bitplane(planes, self.planes, K)
 
-    def _int8_dot(self, c8):
-        return _ternary_int8(np.ascontiguousarray(c8), self._layout("int8"))
-
-    def kernel_name(self) -> str:
-        if self.kind == "dense":
-            return "float matmul (no bit kernel for these codes)"
-        if self.kind == "bcq":
-            return "bcq-lut"
-        q = self.input_quantizer
-        if q is None:
-            return "sign-add (float activations)"
-        bits, signed = getattr(q, "precision", 32), getattr(q, "signed", True)
-        if bits == 1 and signed:
-            return "xnor-popcount" if self._layout("binary") else "ternary x ternary planes"
-        if not signed:
-            return f"bit planes ({bits}-bit unsigned)"
-        return "ternary x ternary planes" if bits == 2 else "ternary x int8"
+    def describe_kernel(self) -> str:
+        """The kernel, with the number of bit planes where it has them (kernel_report)."""
+        if self.kernel.startswith("bit planes"):
+            return f"{self.kernel} ({self._planes_k}-bit unsigned)"
+        return self.kernel
 
     def extra_repr(self):
-        return f"{self.in_features}, {self.out_features}, {self.kind}"
+        return f"{self.in_features}, {self.out_features}, {self.kind}, {self.describe_kernel()}"
 
 
 class PackedEmbedding(Module):
     """Quantized embedding rows as integer codes with a scale and offset per row.
 
     ``weight`` keeps the float table for the tied, full-precision LM head (as in training).
+    Binary-coding rows are kept dequantized in ``codes`` (scale 1, offset 0).
     """
 
-    def __init__(self, qemb: QuantEmbedding):
+    def __init__(self, weight, codes, row_scale, row_offset):
         super().__init__()
-        self.num_embeddings, self.dim = qemb.num_embeddings, qemb.dim
-        self.weight = Parameter(qemb.weight.data, requires_grad=False)
-        wc = qemb.weight_codes()
-        V = self.num_embeddings
+        self.num_embeddings, self.dim = np.shape(weight)
+        self.weight = Parameter(np.asarray(weight), requires_grad=False)
+        self.register_buffer("codes", np.asarray(codes))
+        self.register_buffer("row_scale", np.asarray(row_scale))
+        self.register_buffer("row_offset", np.asarray(row_offset))
+
+    @classmethod
+    def pack(cls, qemb):
+        wc, V = qemb.weight_codes(), qemb.num_embeddings
         if not isinstance(wc, PlaneCodes):
-            self.register_buffer("codes", np.asarray(wc.codes, dtype=np.int8))
-            self.register_buffer("row_scale", _vec(wc.scale, V))
-            self.register_buffer("row_offset", _vec(wc.offset, V))
-        else:                                  # binary-coding rows: kept dequantized, in the model's dtype
-            dtype = np.float64 if wc.scale.dtype == np.float64 else np.float32
-            self.register_buffer("codes", wc.dequantize().astype(dtype))
-            self.register_buffer("row_scale", np.ones(V, dtype))
-            self.register_buffer("row_offset", np.zeros(V, dtype))
+            return cls(qemb.weight.data, np.asarray(wc.codes, dtype=np.int8), _vec(wc.scale, V), _vec(wc.offset, V))
+        dtype = np.float64 if wc.scale.dtype == np.float64 else np.float32
+        return cls(qemb.weight.data, wc.dequantize().astype(dtype), np.ones(V, dtype), np.zeros(V, dtype))
 
     def forward(self, ids):                                                 # (...) -> (..., d)
-        return Tensor(self.lookup(np.asarray(ids)))
-
-    def lookup(self, ids):
+        ids = np.asarray(ids)
         rows = self.codes[ids].astype(self.row_scale.dtype)
-        return rows * self.row_scale[ids][..., None] + self.row_offset[ids][..., None]
-
-
-# ---------------------------------------------------------------------------------------------
-# The lean inference path: encode and cached decode on plain arrays
-# ---------------------------------------------------------------------------------------------
+        return Tensor(rows * self.row_scale[ids][..., None] + self.row_offset[ids][..., None])

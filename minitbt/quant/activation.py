@@ -24,11 +24,12 @@ from __future__ import annotations
 import numpy as np
 
 from minitbt.nn.module import Parameter
-from minitbt.quant.base import (QCodes, Quantizer, int_codes, round_ties, sign_ties, signed_levels,
+from minitbt.quant.base import (TIE_ULPS, QCodes, Quantizer, int_codes, round_ties, sign_ties, signed_levels,
                                 unsigned_levels)
 from minitbt.quant.scale import SCALE_EPS, LearnedScale, lsq_grad_factor, lsq_scale_grad   # noqa: F401
 from minitbt.tensor import Tensor
 
+TINY = np.finfo(np.float32).smallest_subnormal   # kernels.quantize_rows_i8's smallest scale
 BINARY_ZERO = ("plus", "zero")     # where an exact 0 goes at a signed 1-bit site: +a (sign(0) = +1) or 0
 ELASTIC_INIT = ("levels", "code")  # first-batch rule for a: Qp of the levels in use, or the released code's
 
@@ -289,9 +290,29 @@ class MinMaxQuantizer(Quantizer):
 
     def codes(self, x) -> QCodes:
         xd = _xdata(x)
+        fast = self._codes_i8(xd)
+        if fast is not None:
+            return fast
         q, a = self._quantize(xd)
         lo = -1 if (self.signed and self.precision == 1) else self.lo
         return QCodes(int_codes(q, lo, self.qp), a, np.zeros((), xd.dtype))
+
+    def _codes_i8(self, xd):
+        """codes() of a signed 2..8-bit per-token quantizer on float32 input, in one compiled call
+        (kernels.quantize_rows_i8: these equations, float32 operation for operation, so the same
+        codes); None where that does not apply (float64, 1 bit, per tensor, no compiled kernels)."""
+        from minitbt import kernels                   # here: importing quant loads no kernels
+        if (kernels._core is None or xd.dtype != np.float32 or not (self.signed and self.per_token)
+                or not 2 <= self.precision <= 8 or xd.ndim == 0 or xd.size == 0
+                or type(self)._quantize is not MinMaxQuantizer._quantize):
+            return None
+        tol = np.float32(TIE_ULPS * np.finfo(np.float32).eps) * np.float32(self.qp)   # round_ties' window, |u| <= Qp
+        codes, a = kernels.quantize_rows_i8(np.ascontiguousarray(xd).reshape(-1, xd.shape[-1]),
+                                            self.qp, self.clip, tol)
+        zero = a == TINY                              # rows of zeros: scale 1, as _quantize gives them
+        if zero.any():
+            a[zero & ~codes.any(axis=1, keepdims=True)] = 1
+        return QCodes(codes.reshape(xd.shape), a.reshape(*xd.shape[:-1], 1), np.zeros((), xd.dtype))
 
     def extra_repr(self):
         s = f"{self.precision}-bit, {'signed' if self.signed else 'unsigned'}"
