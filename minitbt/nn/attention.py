@@ -51,9 +51,16 @@ class MultiHeadAttention(Module):
         B, Tq, _ = x.shape
         q = self._heads(self.q_proj(x))                    # (B, H, Tq, d_h)
         offset = 0
+        # Decoding with a cache and row-local K/V quantizers (each token's codes depend on that
+        # token only): quantize each new K, V row once and cache the quantized rows, rather than
+        # quantizing the whole cache again at every step. The same values either way.
+        kv_done = cache is not None and all(qz is None or getattr(qz, "row_local", False)
+                                            for qz in (self.k_quant, self.v_quant))
         if memory is None:                                 # self-attention
             k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
             if cache is not None:
+                if kv_done:
+                    k, v = self._quantize_kv(k, v)
                 if "k" in cache:
                     offset = cache["k"].shape[2]
                     k = F.concatenate([cache["k"], k], axis=2)
@@ -64,6 +71,8 @@ class MultiHeadAttention(Module):
         else:
             k, v = self._heads(self.k_proj(memory)), self._heads(self.v_proj(memory))
             if cache is not None:
+                if kv_done:
+                    k, v = self._quantize_kv(k, v)
                 cache["k"], cache["v"] = k, v
 
         mask = None                                        # broadcastable to (B, H, Tq, Tk)
@@ -77,19 +86,23 @@ class MultiHeadAttention(Module):
         if all(h is None for h in hooks) and not self.record_attn:
             o = F.scaled_dot_product_attention(q, k, v, mask)
         else:
-            o = self._attend_op_by_op(q, k, v, mask)
+            o = self._attend_op_by_op(q, k, v, mask, kv_done)
         o = o.permute(0, 2, 1, 3).reshape(B, Tq, self.d_model)   # (B, Tq, d)
         return self.out_proj(o)
 
-    def _attend_op_by_op(self, q, k, v, mask):
-        """The attention maths op by op, with the quantizers where TBT places them."""
+    def _quantize_kv(self, k, v):
+        k = k if self.k_quant is None else self.k_quant(k)
+        v = v if self.v_quant is None else self.v_quant(v)
+        return k, v
+
+    def _attend_op_by_op(self, q, k, v, mask, kv_done: bool = False):
+        """The attention maths op by op, with the quantizers where TBT places them
+        (``kv_done``: K and V come quantized from the cache)."""
         q = q * (self.d_head ** -0.5)                      # scale Q before quantizing it
         if self.q_quant is not None:
             q = self.q_quant(q)
-        if self.k_quant is not None:
-            k = self.k_quant(k)
-        if self.v_quant is not None:
-            v = self.v_quant(v)
+        if not kv_done:
+            k, v = self._quantize_kv(k, v)
         s = q @ k.transpose(-1, -2)                        # (B, H, Tq, Tk), scores stay FP
         if mask is not None:
             s = F.masked_fill(s, mask, -1e9)

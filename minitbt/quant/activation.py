@@ -257,6 +257,10 @@ class MinMaxQuantizer(Quantizer):
         self.qp = signed_levels(bits) if signed else unsigned_levels(bits)
         self.lo = -self.qp if signed else 0
 
+    @property
+    def row_local(self):              # per token: a row's codes depend on that row only
+        return self.per_token
+
     def _axes(self, x):
         return (x.ndim - 1,) if self.per_token else tuple(range(x.ndim))
 

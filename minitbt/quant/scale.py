@@ -38,10 +38,15 @@ def lsq_grad_factor(n: int, qp: int) -> float:
 class LearnedScale(Quantizer):
     """A quantizer with a learned scale ``a`` (a Parameter) initialised on the first batch.
 
+    Row-local once initialised: a row's codes depend on that row and the learned scale only, so a
+    decoder's KV cache can keep each token's quantized K and V (nn/attention.py).
+
     The buffer ``initialized`` (saved in the state dict) records whether the first-batch
     initialisation has happened; ``init_scale`` (a float) skips it. Sub-classes give
     ``_init_value(x)``, the value of a computed from the first input.
     """
+
+    row_local = True
 
     def _setup_scale(self, shape, init_scale, learn_scale=True):
         value = 1.0 if init_scale is None else init_scale
