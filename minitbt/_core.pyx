@@ -131,7 +131,7 @@ def signadd_f32(cnp.ndarray x, cnp.ndarray idx, int N, cnp.ndarray out, int thre
 def quantize_rows_i8(cnp.ndarray x, float clip, float qp, float tol, float tiny,
                      cnp.ndarray codes, cnp.ndarray scale):
     """Signed per-token min-max quantization of x (M, K) float32 into codes (M, K) int8 and a
-    scale (M,) float32 per row: the equations of minitbt.packed.levels._levels (SymmetricA8,
+    scale (M,) float32 per row: the equations of minitbt.kernels.quantize.quantize_rows_i8_ref (SymmetricA8,
     PerTokenAbsMax), operation for operation in float32, so the codes are identical:
 
         X_c = clip(X, -clip, clip)   (no clip when clip <= 0)
