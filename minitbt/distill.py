@@ -12,7 +12,7 @@ Network", 2015) soften both sides with T > 1 and multiply by T^2, so that the gr
 dL/dz_student = T (p_T(z_s) - p_T(z_t)), keeps its size as T changes (BitDistill uses T = 5).
 
 Multi-step distillation (BiT): FP -> a higher-precision student (e.g. 1-1-8) -> 1-1-1, each
-stage the teacher of the next (``distill_chain``; from the command line: ``--init`` and
+stage the teacher of the next (``train.distill_chain``; from the command line: ``--init`` and
 ``--teacher`` both the previous stage's best.npz, since load_latent_fp takes the latent float
 weights of a quantized checkpoint).
 
@@ -24,7 +24,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import replace
 
 import numpy as np
 
@@ -87,20 +86,6 @@ def distillation_loss(student, teacher, batch, cfg):
         for a_s, a_t in zip(attn_s, attn_t):
             loss = loss + cfg.kd_attn * F.mse_loss(a_s, a_t)
     return loss
-
-
-def distill_chain(fp_checkpoint: str, recipes, cfg, resume: bool = False) -> list:
-    """Multi-step distillation: for recipes ["1-1-8", "1-1-1"], train 1-1-8 from the FP model
-    (teacher FP), then 1-1-1 from the 1-1-8 student (teacher 1-1-8). Each stage writes to
-    <cfg.out>/<recipe>/ and starts from its teacher's weights. Returns the stages' records."""
-    from minitbt.train import train
-    records, teacher = [], fp_checkpoint
-    for recipe in recipes:
-        stage = replace(cfg, quant=recipe, teacher=teacher, init=teacher, out=os.path.join(cfg.out, recipe))
-        records.append(train(stage, resume=resume and os.path.exists(os.path.join(stage.out, "last.npz"))))
-        teacher = os.path.join(stage.out, "best.npz")
-    return records
-
 
 
 def sequence_kd_task(teacher_path: str, task_dir: str, out_dir: str, beam: int = 1, batch_size: int = 64,

@@ -23,6 +23,7 @@ from minitbt import functional as F
 from minitbt.data import PAD, Seq2SeqData, decode, load_tokenizer
 from minitbt.datasets import task_info
 from minitbt.decode import greedy
+from minitbt.distill import distillation_loss
 from minitbt.model_io import build_model, load_latent_fp, load_model, model_meta, quantize
 from minitbt.run_checks import (FIXED_ON_RESUME, FREE_ON_RESUME, TrainingDiverged, check_out_dir,  # noqa: F401
                                 check_resume, check_vocabulary, saved_config)
@@ -136,7 +137,6 @@ def config_from_preset(preset: str = "tiny", **overrides) -> TrainConfig:
 def compute_loss(model, batch, cfg: TrainConfig, teacher=None):
     """Label-smoothed CE; with a teacher, the TBT distillation loss (minitbt.distill)."""
     if teacher is not None:
-        from minitbt.distill import distillation_loss
         return distillation_loss(model, teacher, batch, cfg)
     logits = model(batch.src, batch.tgt_in)                               # (B, T, V)
     V = logits.shape[-1]
@@ -307,6 +307,18 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, allow_cha
     if not record or record["step"] != state["step"]:     # stopped by the time limit between evals
         save(last_path)
     return record
+
+
+def distill_chain(fp_checkpoint: str, recipes, cfg, resume: bool = False) -> list:
+    """Multi-step distillation: for recipes ["1-1-8", "1-1-1"], train 1-1-8 from the FP model
+    (teacher FP), then 1-1-1 from the 1-1-8 student (teacher 1-1-8). Each stage writes to
+    <cfg.out>/<recipe>/ and starts from its teacher's weights. Returns the stages' records."""
+    records, teacher = [], fp_checkpoint
+    for recipe in recipes:
+        stage = replace(cfg, quant=recipe, teacher=teacher, init=teacher, out=os.path.join(cfg.out, recipe))
+        records.append(train(stage, resume=resume and os.path.exists(os.path.join(stage.out, "last.npz"))))
+        teacher = os.path.join(stage.out, "best.npz")
+    return records
 
 
 def _append_csv(path: str, record: dict) -> None:

@@ -334,3 +334,13 @@ def test_quantize_rows_i8(path, qp, clip):
         assert codes.dtype == np.int8 and scale.shape == (M, 1) and np.abs(codes).max() <= qp
     with pytest.raises(ValueError, match="qp"):
         kn.quantize_rows_i8(x, 200)
+
+
+def test_importing_the_kernels_loads_no_model_code():
+    """minitbt.kernels stands alone: importing it loads neither the model (nn) nor the quantizers."""
+    import subprocess
+    import sys
+    code = "import sys, minitbt.kernels; print(' '.join(m for m in sys.modules if m.startswith('minitbt')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "minitbt.kernels" in loaded
+    assert not [m for m in loaded if m.startswith(("minitbt.nn", "minitbt.quant", "minitbt.packed"))], loaded

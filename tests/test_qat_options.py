@@ -141,7 +141,7 @@ def test_cli_flags(task, tmp_path, capsys):
 
 # ---- multi-step distillation: FP -> 1-1-8 -> 1-1-1 (BiT) -----------------------------------------------
 def test_multi_step_distillation(task, tmp_path):
-    from minitbt.distill import distill_chain
+    from minitbt.train import distill_chain
     task_dir, fp = task
     cfg = _cfg(task_dir, tmp_path / "chain", max_steps=3, eval_every=3)
     records = distill_chain(fp, ["1-1-8", "1-1-1"], cfg)
