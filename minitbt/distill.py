@@ -53,9 +53,12 @@ def teacher_targets(teacher, batch, temperature: float = 1.0):
         attn = [m.attn.data for m in teacher.attention_modules()]
     finally:
         _record(teacher, False)
-    z = logits / temperature if temperature != 1 else logits
-    z = z - z.max(axis=-1, keepdims=True)
-    p = np.exp(z)
+    # in place: the teacher's logits are a fresh array that nothing else holds (no graph under no_grad)
+    p = logits
+    if temperature != 1:
+        p /= temperature
+    p -= p.max(axis=-1, keepdims=True)
+    np.exp(p, out=p)
     p /= p.sum(axis=-1, keepdims=True)
     return p, hidden, attn
 
