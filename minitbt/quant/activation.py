@@ -41,13 +41,6 @@ def _xdata(x):
     return _check_finite("x", x.data if isinstance(x, Tensor) else np.asarray(x))
 
 
-def _clip_fresh(q, lo, hi):
-    """np.clip(q, lo, hi), in place when q is a fresh array (round_ties' result): one array fewer."""
-    if isinstance(q, np.ndarray) and q.ndim:
-        return np.clip(q, lo, hi, out=q)
-    return np.clip(q, lo, hi)
-
-
 def _choice(name, value, allowed):
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -132,7 +125,7 @@ class ElasticQuantizer(LearnedScale):
             q = _binary_levels(u, self.binary_zero)
             inside = np.abs(u) < 1
         else:
-            q = _clip_fresh(round_ties(u, self.qp), self.lo, self.qp)
+            q = np.clip(round_ties(u, self.qp), self.lo, self.qp)
             inside = (u > self.lo) & (u < self.qp)
         return q, a, offset, u, inside
 
@@ -140,8 +133,7 @@ class ElasticQuantizer(LearnedScale):
         xd = x.data
         self._maybe_init(xd)
         q, a, offset, u, inside = self._quantize(xd)
-        y = q * a
-        y += offset                                              # q * a + offset, one array fewer
+        y = q * a + offset
         binary_signed = self.signed and self.precision == 1
         gscale = lsq_grad_factor(xd.size, self.qp) if self.lsq_grad_scale else 1.0
 
@@ -281,7 +273,7 @@ class MinMaxQuantizer(Quantizer):
             return sign_ties(xc / a), a
         m = np.abs(xc).max(axis=axes, keepdims=True) if self.signed else xc.max(axis=axes, keepdims=True)
         a = np.where(m > 0, m / self.qp, 1).astype(x.dtype)
-        q = _clip_fresh(round_ties(xc / a, self.qp), self.lo, self.qp)
+        q = np.clip(round_ties(xc / a, self.qp), self.lo, self.qp)
         return q, a
 
     def _inside(self, x):

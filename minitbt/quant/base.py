@@ -86,21 +86,8 @@ def round_ties(u: np.ndarray, span: float = 1) -> np.ndarray:
     ``span`` is the largest code (Qp): the noise of u = X/a grows with the range X spans in
     steps, so the window is TIE_ULPS ulps of max(span, |u|): 0.4% of a step for 8 bits in float32,
     3e-5 of a step for ternary; 7e-12 and 6e-14 in float64."""
-    if not (isinstance(u, np.ndarray) and u.ndim and u.dtype.kind == "f"):
-        b = np.floor(u) + 0.5
-        return np.rint(np.where(np.abs(u - b) < _tie_tol(u, span), b, u))
-    # the same operations on the same values, with three work arrays instead of ten temporaries
-    b = np.floor(u)
-    b += 0.5
-    tol = np.abs(u)
-    np.maximum(tol, span, out=tol)
-    tol *= TIE_ULPS * np.finfo(u.dtype).eps                     # _tie_tol(u, span)
-    r = np.subtract(u, b)
-    np.abs(r, out=r)
-    snap = r < tol
-    np.copyto(r, u)
-    np.copyto(r, b, where=snap)                                 # np.where(snap, b, u)
-    return np.rint(r, out=r)
+    b = np.floor(u) + 0.5
+    return np.rint(np.where(np.abs(u - b) < _tie_tol(u, span), b, u))
 
 
 def sign_ties(u: np.ndarray, zero: bool = False) -> np.ndarray:

@@ -27,12 +27,7 @@ SCALE_EPS = 1e-5   # the smallest learned scale used in the forward
 def lsq_scale_grad(g, q, u, inside):
     """d(a*q)/da in the LSQ form (Esser et al. 2020):  round(u) - u inside the clip range,
     the clip level (which equals q there) outside;  returns g * that."""
-    t = np.subtract(q, u)                                        # np.where(inside, q - u, q), in place
-    np.copyto(t, q, where=~np.asarray(inside, dtype=bool))
-    if t.dtype != np.result_type(g, t) or np.broadcast_shapes(np.shape(g), t.shape) != t.shape:
-        return g * t
-    t *= g
-    return t
+    return g * np.where(inside, q - u, q)
 
 
 def lsq_grad_factor(n: int, qp: int) -> float:
