@@ -2,6 +2,7 @@
 # The full-precision teachers of docs/results.md ("Teachers"), one per argument, one BLAS thread each:
 #
 #     bash docs/teachers.sh ddtp summ          # start (or continue: a run that has last.npz resumes)
+#     RUNS=/elsewhere bash docs/teachers.sh ddtp      # run folders somewhere else than runs/
 #
 # A run writes runs/<name>/ (last.npz, best.npz, metrics.jsonl, metrics.csv) and runs/<name>.log.
 # Cut off (the end of a working day, a reboot), it continues exactly where its last checkpoint
@@ -11,25 +12,26 @@
 #     minitbt --threads 1 eval --model runs/summ-fp192/best.npz --task data/debian-summ --split test
 set -euo pipefail
 cd "$(dirname "$0")/.."
+RUNS="${RUNS:-runs}"
 
 # d_model 192 (4 heads of 48), d_ff 768, 3 + 3 layers, post-LN, tied 8k BPE embedding: 4.6 M parameters,
 # about 9.5 MB as a float16 file. Translation: sources and targets to 96 tokens, 3,000-token batches.
-DDTP="--preset small --task data/ddtp-en-de --out runs/ddtp-fp192 --d-model 192 --d-ff 768 --lr 1.5e-3 \
+DDTP="--preset small --task data/ddtp-en-de --out $RUNS/ddtp-fp192 --d-model 192 --d-ff 768 --lr 1.5e-3 \
       --warmup 400 --max-steps 4000 --eval-every 250"
 # Summarization: sources to 96 tokens (the synopsis sits at the start), targets to 32, 4,000-token batches.
-SUMM="--preset small --task data/debian-summ --out runs/summ-fp192 --d-model 192 --d-ff 768 --max-src-len 96 \
+SUMM="--preset small --task data/debian-summ --out $RUNS/summ-fp192 --d-model 192 --d-ff 768 --max-src-len 96 \
       --max-tgt-len 32 --batch-tokens 4000 --lr 1.5e-3 --warmup 300 --max-steps 5000 --eval-every 250"
 
 for name in "$@"; do
     case "$name" in
-        ddtp) args="$DDTP"; out=runs/ddtp-fp192 ;;
-        summ) args="$SUMM"; out=runs/summ-fp192 ;;
+        ddtp) args="$DDTP"; out="$RUNS/ddtp-fp192" ;;
+        summ) args="$SUMM"; out="$RUNS/summ-fp192" ;;
         *) echo "unknown teacher $name (ddtp, summ)" >&2; exit 2 ;;
     esac
     if [ -f "$out/last.npz" ]; then
         nohup minitbt --threads 1 train --resume --out "$out" >> "$out.log" 2>&1 &
     else
-        mkdir -p runs
+        mkdir -p "$RUNS"
         # shellcheck disable=SC2086
         nohup minitbt --threads 1 train $args > "$out.log" 2>&1 &
     fi
