@@ -97,6 +97,8 @@ def _weight_scales(layer) -> int:
     wq = getattr(layer, "weight_quantizer", None)
     if wq is None:
         return 0
+    if any(True for _ in wq.parameters()):                 # a learned scale (SEQ): counted by _qparams
+        return 0
     if getattr(wq, "row_bits", None) is not None:          # k_r scales for row r (binary coding)
         return int(np.sum(wq.row_bits, dtype=np.int64))
     qc = wq.codes(layer.weight.data)

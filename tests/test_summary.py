@@ -135,3 +135,13 @@ def test_untied_head_and_quantizer_variants():
     tot = S.totals(rows)
     assert tot["float32_bytes"] == 4 * m.num_parameters()
     assert tot["n_params"] == m.num_parameters()        # the untied head has its own FP matrix: no extra table
+
+
+def test_a_learned_weight_scale_is_counted_once():
+    """ParetoQ's per-row scale is a learned parameter: it is stored once, not also as a statistic."""
+    from minitbt.model_io import build_model, quantize
+    from minitbt.summary import summary_table
+    fp = build_model(vocab_size=50, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1, max_len=16)
+    row = next(r for r in summary_table(quantize(fp, "paretoq-2-2-2")) if r["name"].endswith("encoder.0.ffn.fc1"))
+    # fc1: 32 x 16 weights at 2 bits; float32: 32 biases + 32 row scales + 1 input scale; no extra statistics
+    assert row["params"] == {2: 512, 32: 65} and row["scales"] == 0
