@@ -79,9 +79,17 @@ def gemm_ternary_int8_ref(x: np.ndarray, weights: TernaryInt8Weights) -> np.ndar
 
         y[m, n] = sum_k x[m, k] * W[n, k]        (BitNet b1.58, Ma et al. 2024)
 
-    W holds only -1, 0, +1, so each term is +x, 0 or -x: no multiplication is needed.
+    W holds only -1, 0, +1, so each term is +x, 0 or -x: no multiplication is needed. Written
+    that way, as selections and sums:
+
+        y[m, n] = sum_{k: W[n,k] = +1} x[m, k]  -  sum_{k: W[n,k] = -1} x[m, k]
     """
-    return (x.astype(np.int64) @ weights.codes().T.astype(np.int64)).astype(np.int32)
+    W = weights.codes()                                            # (N, K) in {-1, 0, +1}
+    plus, minus = W == 1, W == -1
+    out = np.empty((x.shape[0], W.shape[0]), dtype=np.int32)
+    for m, row in enumerate(x.astype(np.int64)):                   # one row at a time: (N, K) temporaries
+        out[m] = np.where(plus, row, 0).sum(axis=1) - np.where(minus, row, 0).sum(axis=1)
+    return out
 
 
 def gemm_ternary_int8(x: np.ndarray, weights: TernaryInt8Weights, *,

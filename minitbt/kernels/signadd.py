@@ -88,8 +88,8 @@ def gemm_signadd_f32_ref(x: np.ndarray, weights: TernarySignAddWeights) -> np.nd
     xp = np.zeros((x.shape[0], 3 * G))
     xp[:, :weights.K] = x
     xg = xp.reshape(x.shape[0], G, 3)                             # (M, G, 3)
-    subsets = (np.arange(8)[:, None] >> np.arange(3)) & 1         # (8, 3): bits of i
-    T = np.einsum("mgt,it->mgi", xg, subsets)                     # (M, G, 8): sums only
+    subsets = ((np.arange(8)[:, None] >> np.arange(3)) & 1) == 1  # (8, 3): the bits of i
+    T = np.where(subsets, xg[:, :, None, :], 0.0).sum(axis=-1)   # (M, G, 8): select, then add
     g = np.arange(G)
     out = np.empty((x.shape[0], weights.N), dtype=np.float32)
     for m in range(x.shape[0]):
