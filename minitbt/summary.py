@@ -174,6 +174,29 @@ def summary_table(model, src_len: int = 32, tgt_len: int = 32) -> list:
             rows.append(_row(label, type(mod).__name__, (n, mod.dim), wb, None, params, _weight_scales(mod),
                              float_values=mod.weight.size))
             claim(mod.weight, *(wq.parameters() if wq is not None else ()))
+        elif type(mod).__name__ == "PackedLinear":       # a packed model: the kernel is the layer's own
+            xq = mod.input_quantizer
+            wb = {"binary": 1, "ternary": 2, "dense": FP}.get(mod.kind)
+            wb = int(mod.bcq_scale.shape[0]) if mod.kind == "bcq" else wb
+            ab, n = _bits(xq), _tokens(name, S, T)
+            K, N = mod.in_features, mod.out_features
+            bias = mod.bias.size if mod.bias is not None else 0
+            scales = sum(getattr(mod, a).size for a in ("w_scale", "bcq_scale") if hasattr(mod, a))
+            scales += mod.w_offset.size if mod.kind in ("binary", "ternary") and mod.w_offset.any() else 0
+            if name.endswith(".out_proj"):
+                rows += pending.pop(name[: -len(".out_proj")], [])
+            params = {wb: K * N}
+            params[FP] = params.get(FP, 0) + bias + _qparams(xq)
+            rows.append(_row(label, "PackedLinear", (n, N), wb, ab, params, scales if mod.kind != "dense" else 0,
+                             float_values=K * N + bias, macs=n * K * N, mac_cls=mod.kernel))
+            claim(mod.bias, *(xq.parameters() if xq is not None else ()))
+        elif type(mod).__name__ == "PackedEmbedding":
+            V, d = mod.num_embeddings, mod.dim
+            wb = 2 if np.isin(mod.codes, (-1, 0, 1)).all() else 8
+            rows.append(_row(label, "PackedEmbedding", (S + T, d), wb, None, {wb: V * d},
+                             mod.row_scale.size + (mod.row_offset.size if np.any(mod.row_offset) else 0),
+                             float_values=V * d))
+            claim(mod.weight)
         elif isinstance(mod, LayerNorm):
             rows.append(_row(label, "LayerNorm", (_tokens(name, S, T), mod.dim), None, FP,
                              {FP: mod.weight.size + mod.bias.size}))
@@ -195,9 +218,10 @@ def summary_table(model, src_len: int = 32, tgt_len: int = 32) -> list:
 
     # the output projection (LM head): tied to the embedding, or a separate Linear (already a row)
     emb = getattr(model, "embed", None)
-    if getattr(model, "lm_head", 0) is None and isinstance(emb, Embedding):
+    if getattr(model, "lm_head", 0) is None and (isinstance(emb, Embedding) or type(emb).__name__ == "PackedEmbedding"):
         V, d = emb.num_embeddings, emb.dim
-        extra = V * d if getattr(emb, "weight_quantizer", None) is not None else 0
+        quantized = getattr(emb, "weight_quantizer", None) is not None or type(emb).__name__ == "PackedEmbedding"
+        extra = V * d if quantized else 0                  # the float table the LM head reads
         rows.append(_row("output_projection (tied embed.weight)", "Linear (tied)", (T, V), FP, FP,
                          {FP: extra}, float_values=0, macs=T * d * V, mac_cls="float"))
     # anything the walk above did not see (a custom layer): full precision, no MACs counted
@@ -213,8 +237,8 @@ def totals(rows) -> dict:
     for r in rows:
         for b, n in r["params"].items():
             params[b] = params.get(b, 0) + n
-        if r["macs"]:
-            macs[r["mac_class"]] += r["macs"]
+        if r["macs"]:                                      # a packed layer's class is its kernel
+            macs[r["mac_class"]] = macs.get(r["mac_class"], 0) + r["macs"]
     packed = sum(r["packed_bytes"] for r in rows)
     fp32 = sum(r["float32_bytes"] for r in rows)
     return {"params": dict(sorted(params.items())), "n_params": sum(params.values()),
@@ -261,7 +285,7 @@ def summary(model, src_len: int = 32, tgt_len: int = 32) -> str:
                      "-" if r["a_bits"] is None else str(r["a_bits"])]
                     + [str(r["params"].get(b, 0)) if r["params"].get(b, 0) else "." for b in widths]
                     + [_human_bytes(r["packed_bytes"]), _human_bytes(r["float32_bytes"]),
-                       _human(r["macs"]) if r["macs"] else ".", _SHORT.get(r["mac_class"], "")])
+                       _human(r["macs"]) if r["macs"] else ".", _SHORT.get(r["mac_class"], r["mac_class"] or "")])
     sums = ["Total", "", "", "", ""] + [str(tot["params"][b]) for b in widths] + \
            [_human_bytes(tot["packed_bytes"]), _human_bytes(tot["float32_bytes"]), _human(tot["total_macs"]), ""]
     cols = list(zip(head, *body, sums))
@@ -288,7 +312,7 @@ def summary(model, src_len: int = 32, tgt_len: int = 32) -> str:
     lines.append(f"{'Memory, float32':<30}{_human_bytes(tot['float32_bytes'])}  ({tot['float32_bytes']:,.0f} bytes)")
     lines.append(f"{'Compression':<30}{tot['compression']:.2f}x")
     total = max(tot["total_macs"], 1)
-    for c in MAC_CLASSES:
+    for c in list(MAC_CLASSES) + sorted(set(tot["macs"]) - set(MAC_CLASSES)):   # then a packed model's kernels
         n = tot["macs"][c]
         lines.append(f"{'MACs ' + c:<30}{n:>14,}  {100 * n / total:5.1f}%")
     lines.append(f"{'MACs total':<30}{tot['total_macs']:>14,}  ({tot['total_macs'] / max(tgt_len, 1):,.0f} "

@@ -145,3 +145,25 @@ def test_a_learned_weight_scale_is_counted_once():
     row = next(r for r in summary_table(quantize(fp, "paretoq-2-2-2")) if r["name"].endswith("encoder.0.ffn.fc1"))
     # fc1: 32 x 16 weights at 2 bits; float32: 32 biases + 32 row scales + 1 input scale; no extra statistics
     assert row["params"] == {2: 512, 32: 65} and row["scales"] == 0
+
+
+def test_a_packed_model_is_summarised_by_the_kernels_its_layers_chose():
+    """summary(packed model): every packed linear layer reports the kernel it chose at pack time
+    (layer.kernel, packed/table.py); parameters and MACs are those of the quantized model."""
+    from minitbt.model_io import build_model, quantize
+    from minitbt.packed import pack_model
+    from minitbt.packed.layers import PackedLinear
+    from minitbt.summary import summary, summary_table, totals
+    fp = build_model(vocab_size=50, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1, max_len=16)
+    q = quantize(fp, "2-2-8")
+    packed = pack_model(q)
+    rows = {r["name"]: r for r in summary_table(packed)}
+    for name, mod in packed.named_modules():
+        if isinstance(mod, PackedLinear):
+            assert rows[name]["mac_class"] == mod.kernel == "ternary x int8"
+            assert rows[name]["w_bits"] == 2 and rows[name]["a_bits"] == 8
+    tp, tq = totals(summary_table(packed)), totals(summary_table(q))
+    assert tp["total_macs"] == tq["total_macs"] and tp["n_params"] == tq["n_params"]
+    linear_macs = sum(r["macs"] for r in summary_table(q) if r["type"] == "QuantLinear")
+    assert tp["macs"]["ternary x int8"] == linear_macs > 0             # every linear layer on that kernel
+    assert "MACs ternary x int8" in summary(packed)
