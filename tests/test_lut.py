@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from test_kernels import EXAMPLES, PATHS, _rng, path  # noqa: F401  (path: the fixture)
+from test_packed import _batch, _models
 
 from minitbt import kernels as kn
 from minitbt.kernels.lut import G, BinaryCodingLUTWeights
@@ -252,20 +253,7 @@ def test_validation_errors(path):
 # --------------------------------------------------------------------------- the packed bcq model
 
 def _bcq_models(dtype=np.float32, seed=0, spec="bcq-3-3-32"):
-    from minitbt.model_io import build_model, quantize
-    from minitbt.packed import pack_model
-    fp = build_model(vocab_size=300, d_model=64, n_heads=4, d_ff=128, n_encoder_layers=2, n_decoder_layers=2,
-                     max_len=40, dropout=0.0, seed=seed)
-    q = quantize(fp, spec).eval()
-    q.to_dtype(dtype)
-    return q, pack_model(q)
-
-
-def _batch(seed=0):
-    rng = np.random.default_rng(seed)
-    src = rng.integers(3, 300, (6, 13))
-    src[0, 9:] = 0                                          # a padded source
-    return src, rng.integers(3, 300, (6, 9))
+    return _models(spec, seed, dtype)                       # the packed-model tests' tiny model
 
 
 @pytest.mark.parametrize("seed", [0, 1])
