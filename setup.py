@@ -2,13 +2,15 @@
 
 The extension is optional. When no C compiler is available the build prints a
 warning and minitbt runs on its pure-NumPy reference kernels instead.
-Set MINITBT_PORTABLE=1 to build without -march=native (a binary for other CPUs).
+The kernels' AVX2 and AVX-512 paths are compiled function by function with their own target
+attributes and chosen at run time (minitbt/_dispatch.h), so one build runs on any x86-64 and
+no -march=native is used. MINITBT_PORTABLE=1 builds the portable C paths alone (TBT_PORTABLE).
 OpenMP (the kernels' `threads` argument) is used when the compiler accepts -fopenmp;
 set MINITBT_NO_OPENMP=1 to build without it (threads then always run as 1).
 """
+import glob
 import os
 import sys
-import sysconfig
 import tempfile
 
 import numpy as np
@@ -17,7 +19,8 @@ from setuptools.command.build_ext import build_ext
 
 
 def _native_flags():
-    """-O3 everywhere; -march=native (AVX2 paths) unless asked for a portable build.
+    """-O3 everywhere, for the baseline CPU of the platform (no -march=native: the SIMD paths
+    carry their own target attributes and are picked at run time, minitbt/_dispatch.h).
     -fwrapv: int32 sums wrap, so a kernel whose exact result fits in int32 (the bound the Python
     side enforces, minitbt/kernels/_checks.py) is exact even when a partial sum overflows.
     -ffp-contract=off: every float operation is rounded on its own, as in NumPy; GCC would
@@ -26,8 +29,8 @@ def _native_flags():
     if sys.platform == "win32":
         return ["/O2"]
     flags = ["-O3", "-fno-strict-aliasing", "-fwrapv", "-ffp-contract=off"]
-    if os.environ.get("MINITBT_PORTABLE", "0") != "1":
-        flags.append("-march=native" if "arm" not in sysconfig.get_platform() else "-mcpu=native")
+    if os.environ.get("MINITBT_PORTABLE", "0") == "1":
+        flags.append("-DTBT_PORTABLE")               # the portable C paths alone
     return flags
 
 
@@ -77,11 +80,20 @@ def _extensions():
         "minitbt._core",
         ["minitbt/_core.pyx"],
         include_dirs=[np.get_include(), "minitbt"],
-        depends=["minitbt/_bitops.h", "minitbt/_lut.h"],
+        depends=sorted(glob.glob("minitbt/_*.h")),      # the kernel headers
         extra_compile_args=_native_flags(),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
-    return cythonize([ext], compiler_directives={"language_level": "3"}, quiet=True)
+    # the compiled decoder (minitbt/_decoder.h): a packed Transformer on the same kernels
+    dec = Extension(
+        "minitbt._decoder",
+        ["minitbt/_decoder.pyx"],
+        include_dirs=[np.get_include(), "minitbt"],
+        depends=sorted(glob.glob("minitbt/_*.h")),
+        extra_compile_args=_native_flags(),
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+    return cythonize([ext, dec], compiler_directives={"language_level": "3"}, quiet=True)
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -4,6 +4,8 @@
     python benchmarks/bench_kernels.py --quick              # 3 GEMM shapes + the 2 GEMVs
     python benchmarks/bench_kernels.py --threads 2 --json bench_kernels.json
     python benchmarks/bench_kernels.py --kernels bcq_lut --bcq-bits 3   # the binary-coding LUT kernel
+    python benchmarks/bench_kernels.py --paths all          # every path this CPU has, side by side
+    MINITBT_KERNEL_PATH=avx2 python benchmarks/bench_kernels.py         # a lower path only
 
 Baseline: ``x @ wT`` with x (M, K) float32 and the weight pre-transposed to a contiguous
 (K, N) float32 array, as a user would hold it. Candidates get their operands packed or
@@ -16,6 +18,12 @@ time other processes hold the core on a shared machine is left out; --clock wall
 The binary-coding LUT kernel (bcq_lut: k-bit weights W = sum_i a_i b_i, float32 activations,
 kernels.gemm_bcq_lut) runs on shapes of its own (BCQ_SHAPES: batch-1 GEMVs and M = 16), with
 k = --bcq-bits planes; it has no target in docs/benchmark-rules.md.
+
+Paths (minitbt/_dispatch.h): by default each kernel runs on the path the kernels chose at import
+(the best this CPU has, or the one MINITBT_KERNEL_PATH names); --paths all runs every path this
+CPU has (portable C, AVX2, AVX-512) as separate candidates in the same turns, --paths avx2,avx512
+a list. Every row and summary line names its path; the targets are per path (AVX2, AVX-512) and
+the portable C has none. The header shows kernels.info(): the path and instruction per kernel.
 """
 import os
 import sys
@@ -30,6 +38,9 @@ def _extra(p):
                    help="comma-separated subset of: "
                         "w1a1,w1a2,w2a2,tt,w2a2_i8,w2a8,gemv_i8,gemv_f32,bcq_lut")
     p.add_argument("--bcq-bits", type=int, default=3, help="planes k of the bcq_lut weights (default 3)")
+    p.add_argument("--paths", default="chosen",
+                   help="kernel paths to time: chosen (default: the one picked at import), all "
+                        "(every one this CPU has), or a comma-separated list of portable,avx2,avx512")
 
 
 ARGS, UNSET = bench_args(__doc__, _extra)
@@ -40,18 +51,23 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from _common import alternate, header, print_table, write_json  # noqa: E402
 from minitbt import kernels as kn  # noqa: E402
 
-# kernel key -> (label, target, stretch)
+# kernel key -> (label, {path: target}) (docs/benchmark-rules.md; the portable C has none)
 KERNELS = {
-    "w1a1": ("W1A1 xnor-popcount", 6.0, 8.0),
-    "w1a2": ("W1A2 bitplane (binary w)", 2.0, 3.0),
-    "w2a2": ("W2A2 bitplane (ternary w)", 2.0, 3.0),
-    "tt": ("W2A2 ternary x ternary", 2.0, 3.0),
-    "w2a2_i8": ("W2A2 codes as int8 (maddubs)", 2.0, 3.0),
-    "w2a8": ("W2A8 ternary x int8", 2.0, 3.0),
-    "gemv_i8": ("GEMV ternary x int8", 6.0, 10.0),
-    "gemv_f32": ("GEMV ternary x fp32 sign-add", 6.0, 10.0),
-    "bcq_lut": ("bcq k-bit x fp32 LUT", None, None),
+    "w1a1": ("W1A1 xnor-popcount", {"avx2": 6.0, "avx512": 12.0}),
+    "w1a2": ("W1A2 bitplane (binary w)", {"avx2": 2.0, "avx512": 3.0}),
+    "w2a2": ("W2A2 bitplane (ternary w)", {"avx2": 2.0, "avx512": 3.0}),
+    "tt": ("W2A2 ternary x ternary", {"avx2": 2.0, "avx512": 3.0}),
+    "w2a2_i8": ("W2A2 codes as int8", {"avx2": 2.0, "avx512": 3.0}),
+    "w2a8": ("W2A8 ternary x int8", {"avx2": 2.0, "avx512": 3.0}),
+    "gemv_i8": ("GEMV ternary x int8", {"avx2": 6.0, "avx512": 10.0}),
+    "gemv_f32": ("GEMV ternary x fp32 sign-add", {"avx2": 6.0, "avx512": 6.0}),
+    "bcq_lut": ("bcq k-bit x fp32 LUT", {}),
 }
+# the kernels.info() name whose path and instruction each key reports
+INFO_NAME = {"w1a1": "gemm_xnor", "w1a2": "gemm_bitplane_pm1", "w2a2": "gemm_bitplane",
+             "tt": "gemm_ternary_ternary", "w2a2_i8": "gemm_ternary_int8",
+             "w2a8": "gemm_ternary_int8", "gemv_i8": "gemv_ternary_int8",
+             "gemv_f32": "gemm_signadd_f32", "bcq_lut": "gemm_bcq_lut"}
 GEMM_KERNELS = ("w1a1", "w1a2", "w2a2", "tt", "w2a2_i8", "w2a8")
 GEMV_KERNELS = ("gemv_i8", "gemv_f32", "w1a1")
 
@@ -102,28 +118,58 @@ def candidates(M, K, N, keys, rng, threads):
     return x, fns
 
 
-def run_shape(M, K, N, keys, rng):
+def _on_path(fn, path):
+    """fn run on a kernel path (switching costs well under a microsecond)"""
+    def run():
+        kn._core.set_kernel_path(path)
+        return fn()
+    return run
+
+
+def _kernel_path(key, path):
+    """the path kernel `key` really runs on path `path` (bcq_lut has no AVX-512 form)"""
+    with kn.use_path(path):
+        return kn.info()["kernels"][INFO_NAME[key]]["path"]
+
+
+def run_shape(M, K, N, keys, rng, paths):
     x, fns = candidates(M, K, N, keys, rng, ARGS.threads)
     wT = np.ascontiguousarray(rng.standard_normal((K, N)).astype(np.float32))
-    timed = alternate({"numpy": lambda: x @ wT, **fns}, repeats=ARGS.repeats,
+    cands = {f"{key}@{p}": _on_path(fns[key], p) for key in keys for p in paths}
+    timed = alternate({"numpy": lambda: x @ wT, **cands}, repeats=ARGS.repeats,
                       warmup=ARGS.warmup, min_time=ARGS.min_time, baseline="numpy",
                       clock=ARGS.clock)
     macs = M * K * N
     base = timed["numpy"]["median"]
     rows = []
     for key in keys:
-        label, target, stretch = KERNELS[key]
+        label, targets = KERNELS[key]
         if key == "bcq_lut":
             label = f"bcq {ARGS.bcq_bits}-bit x fp32 LUT"
-        if key == "w1a1" and M == 1:
-            target = stretch = None                             # shown for context only
-        t = timed[key]
-        rows.append({"kernel": label, "key": key, "M": M, "K": K, "N": N,
-                     "base_ms": base * 1e3, "kern_ms": t["median"] * 1e3,
-                     "base_gmacs": macs / base / 1e9, "kern_gmacs": macs / t["median"] / 1e9,
-                     "ratio": t["ratio"], "target": target, "stretch": stretch,
-                     "met": None if target is None else bool(t["ratio"] >= target)})
+        for p in paths:
+            kpath = _kernel_path(key, p)
+            target = None if (key == "w1a1" and M == 1) else targets.get(kpath)  # M = 1: context
+            t = timed[f"{key}@{p}"]
+            rows.append({"kernel": label, "key": key, "path": kpath, "M": M, "K": K, "N": N,
+                         "base_ms": base * 1e3, "kern_ms": t["median"] * 1e3,
+                         "base_gmacs": macs / base / 1e9, "kern_gmacs": macs / t["median"] / 1e9,
+                         "ratio": t["ratio"], "target": target,
+                         "met": None if target is None else bool(t["ratio"] >= target)})
     return rows
+
+
+def _paths():
+    if not kn.HAVE_EXT:
+        sys.exit("minitbt._core is not built: nothing to time (pip install -e .)")
+    if ARGS.paths == "chosen":
+        return [kn.kernel_path()]
+    if ARGS.paths == "all":
+        return kn.available_paths()
+    want = ARGS.paths.split(",")
+    missing = [p for p in want if p not in kn.available_paths()]
+    if missing:
+        sys.exit(f"paths {missing} are not available here; this CPU runs {kn.available_paths()}")
+    return want
 
 
 def main():
@@ -131,25 +177,33 @@ def main():
     unknown = [k for k in keys if k not in KERNELS]
     if unknown:
         sys.exit(f"unknown kernels: {unknown}; choose from {list(KERNELS)}")
-    info = header(ARGS, UNSET, extra=f"minitbt compiled kernels: {kn.HAVE_EXT}"
-                  + (f" (AVX2 {kn._core.HAVE_AVX2}, OpenMP {kn._core.HAVE_OPENMP})"
-                     if kn.HAVE_EXT else ""))
+    paths = _paths()
+    kinfo = kn.info()
+    info = header(ARGS, UNSET, extra=f"minitbt kernels: CPU's best path {kinfo['cpu']}, chosen "
+                  f"{kinfo['path']} (MINITBT_KERNEL_PATH={kinfo['env']}), timed {paths}, "
+                  f"OpenMP {kinfo['openmp']}")
+    for p in paths:
+        with kn.use_path(p):
+            used = {k: kn.info()["kernels"][INFO_NAME[k]] for k in keys}
+        print(f"# path {p}: " + "; ".join(f"{k} {u['path']} ({u['instruction']})"
+                                            for k, u in used.items()))
     rng = np.random.default_rng(0)
     rows = []
     gemm_keys = [k for k in keys if k in GEMM_KERNELS]
     gemv_keys = [k for k in keys if k in GEMV_KERNELS]
     if gemm_keys:
         for M, K, N in GEMM_SHAPES:
-            rows += run_shape(M, K, N, gemm_keys, rng)
+            rows += run_shape(M, K, N, gemm_keys, rng, paths)
     if gemv_keys:
         for M, K, N in GEMV_SHAPES:
-            rows += run_shape(M, K, N, gemv_keys, rng)
+            rows += run_shape(M, K, N, gemv_keys, rng, paths)
     if "bcq_lut" in keys:
         for M, K, N in BCQ_SHAPES:
-            rows += run_shape(M, K, N, ["bcq_lut"], rng)
+            rows += run_shape(M, K, N, ["bcq_lut"], rng, paths)
+    kn.set_kernel_path(kinfo["path"])
 
-    cols = [("kernel", "kernel", "{}"), ("M", "M", "{}"), ("K", "K", "{}"), ("N", "N", "{}"),
-            ("base_ms", "numpy ms", "{:.3f}"), ("kern_ms", "kernel ms", "{:.3f}"),
+    cols = [("kernel", "kernel", "{}"), ("path", "path", "{}"), ("M", "M", "{}"), ("K", "K", "{}"),
+            ("N", "N", "{}"), ("base_ms", "numpy ms", "{:.3f}"), ("kern_ms", "kernel ms", "{:.3f}"),
             ("base_gmacs", "numpy GMAC/s", "{:.1f}"), ("kern_gmacs", "kernel GMAC/s", "{:.1f}"),
             ("ratio", "ratio", "{:.2f}x"), ("target", "target", "{:.0f}x")]
     print_table(rows, cols)
@@ -157,21 +211,27 @@ def main():
     print("\n# summary: ratio of medians over the shapes (min / median / max) against the target")
     summary = []
     for key in keys:
-        _, target, stretch = KERNELS[key]
-        rs = [r for r in rows if r["key"] == key and (r["target"] is not None or target is None)]
-        if not rs:
-            continue
-        ratios = [r["ratio"] for r in rs]
-        summary.append({"kernel": rs[0]["kernel"], "key": key, "shapes": len(rs), "min": min(ratios),
-                        "median": float(np.median(ratios)), "max": max(ratios),
-                        "target": target, "stretch": stretch,
-                        "all_met": None if target is None else all(x >= target for x in ratios)})
-    print_table(summary, [("kernel", "kernel", "{}"), ("shapes", "shapes", "{}"),
-                          ("min", "min", "{:.2f}x"), ("median", "median", "{:.2f}x"),
-                          ("max", "max", "{:.2f}x"), ("target", "target", "{:.0f}x"),
-                          ("stretch", "stretch", "{:.0f}x"), ("all_met", "all >= target", "{}")])
+        for p in dict.fromkeys(r["path"] for r in rows if r["key"] == key):
+            target = KERNELS[key][1].get(p)
+            rs = [r for r in rows if r["key"] == key and r["path"] == p
+                  and not (key == "w1a1" and r["M"] == 1)]           # W1A1 GEMVs: context only
+            if not rs:
+                continue
+            ratios = [r["ratio"] for r in rs]
+            med = float(np.median(ratios))
+            summary.append({"kernel": rs[0]["kernel"], "key": key, "path": p, "shapes": len(rs),
+                            "min": min(ratios), "median": med, "max": max(ratios),
+                            "target": target, "median_met": None if target is None else med >= target,
+                            "shapes_met": None if target is None
+                            else f"{sum(x >= target for x in ratios)}/{len(ratios)}"})
+    print_table(summary, [("kernel", "kernel", "{}"), ("path", "path", "{}"),
+                          ("shapes", "shapes", "{}"), ("min", "min", "{:.2f}x"),
+                          ("median", "median", "{:.2f}x"), ("max", "max", "{:.2f}x"),
+                          ("target", "target", "{:.0f}x"), ("median_met", "median >= target", "{}"),
+                          ("shapes_met", "shapes >= target", "{}")])
     if ARGS.json:
-        write_json(ARGS.json, {**info, "repeats": ARGS.repeats, "warmup": ARGS.warmup,
+        write_json(ARGS.json, {**info, "kernel_info": kinfo, "paths": paths,
+                               "repeats": ARGS.repeats, "warmup": ARGS.warmup,
                                "results": rows, "summary": summary})
 
 

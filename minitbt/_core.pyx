@@ -1,5 +1,6 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, language_level=3
-"""Compiled bit kernels: thin wrappers around the C in minitbt/_bitops.h and minitbt/_lut.h.
+"""Compiled bit kernels: thin wrappers around the C in minitbt/_bitops.h (and the headers it
+includes, one per kernel family) and minitbt/_lut.h.
 
 Do not call these directly: minitbt/kernels/ validates shapes, dtypes,
 C-contiguity and padding, documents the layouts, and holds the NumPy reference
@@ -15,8 +16,16 @@ from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t, uint64_t
 cnp.import_array()
 
 cdef extern from "_bitops.h" nogil:
-    int TBT_HAVE_AVX2
+    int TBT_X86_SIMD
     int TBT_HAVE_OPENMP
+    int TBT_PATH_PORTABLE
+    int TBT_PATH_AVX2
+    int TBT_PATH_AVX512
+    int tbt_cpu_path()
+    int tbt_kernel_init()
+    int tbt_kernel_path()
+    int tbt_set_kernel_path(int want)
+    int tbt_xnor_dot(const uint64_t *a, const uint64_t *w, int W, int K)
     int TBT_AND
     int TBT_XOR
     int tbt_popc_gemm(const uint64_t *A, const uint64_t *B, int M, int N, int W,
@@ -35,10 +44,39 @@ cdef extern from "_lut.h" nogil:
     int tbt_bcq_lut_f32(const float *x, int M, int K, const uint32_t *lut, const float *scale,
                         int k, int N, float *out, int threads, int scalar)
 
-HAVE_AVX2 = bool(TBT_HAVE_AVX2)      # the AVX2 paths were compiled in
 HAVE_OPENMP = bool(TBT_HAVE_OPENMP)  # threads > 1 runs in parallel
 OP_AND = TBT_AND
 OP_XOR = TBT_XOR
+
+# The kernel paths (minitbt/_dispatch.h), slowest first. This build has the SIMD ones on
+# x86-64 with GCC or clang, unless it was built with MINITBT_PORTABLE=1.
+PATHS = ("portable", "avx2", "avx512")
+COMPILED_PATHS = PATHS if TBT_X86_SIMD else PATHS[:1]
+
+tbt_kernel_init()                    # the CPU and MINITBT_KERNEL_PATH, read once, at import
+
+
+def cpu_path():
+    """The best path this CPU can run (of COMPILED_PATHS), whatever MINITBT_KERNEL_PATH says."""
+    return PATHS[tbt_cpu_path()]
+
+
+def kernel_path():
+    """The path the kernels run now: "portable", "avx2" or "avx512"."""
+    return PATHS[tbt_kernel_path()]
+
+
+def set_kernel_path(name=None):
+    """Run the kernels on path `name` (None: the best one); a path the CPU lacks gives the best
+    one it has. Returns the path set. (Not thread-safe: for tests and comparisons.)"""
+    return PATHS[tbt_set_kernel_path(-1 if name is None else PATHS.index(name))]
+
+
+def xnor_dot(cnp.ndarray a, cnp.ndarray w, int K):
+    """a . w = K - 2 popc(a XOR w) for one row of each (W uint64 words): the scalar C function
+    that the W1A1 kernel's equation is written as (tbt_xnor_dot in minitbt/_popcount.h)."""
+    return tbt_xnor_dot(<const uint64_t *>cnp.PyArray_DATA(a), <const uint64_t *>cnp.PyArray_DATA(w),
+                        a.shape[0], K)
 
 
 cdef inline void _check(int rc) except *:
@@ -174,8 +212,8 @@ def bcq_lut_f32(cnp.ndarray x, cnp.ndarray lut, cnp.ndarray scale, int N, cnp.nd
 
     x: (M, K) float32; lut: the layout of minitbt/_lut.h, (ceil(N/8), k, Wd, 8) uint32;
     scale: (k, 8 ceil(N/8)) float32; out: (M, N) float32. Equation and order of the float32
-    additions: minitbt.kernels.lut.gemm_bcq_lut_ref. scalar=True runs the scalar C even in an
-    AVX2 build (for the tests: both forms must give the reference's bits)."""
+    additions: minitbt.kernels.lut.gemm_bcq_lut_ref. scalar=True runs the scalar C even where
+    the kernel path is AVX2 or AVX-512 (for the tests: both forms must give the reference's bits)."""
     cdef int M = x.shape[0], K = x.shape[1], k = scale.shape[0]
     cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
     cdef const uint32_t *lp = <const uint32_t *>cnp.PyArray_DATA(lut)

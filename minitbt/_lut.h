@@ -3,7 +3,8 @@
  *
  * The specification is the NumPy reference minitbt.kernels.lut.gemm_bcq_lut_ref; the layout
  * is built by minitbt.kernels.lut.prepare_bcq_lut; docs/kernels.md section 10 explains both.
- * Included by minitbt/_core.pyx (after _bitops.h, whose tbt_alloc and TBT_HAVE_* it uses).
+ * Included by minitbt/_core.pyx (after _bitops.h, whose tbt_alloc, TBT_AVX2 and dispatch it uses).
+ * Paths: the scalar form (portable), the AVX2 form (run on the AVX2 and the AVX-512 paths).
  *
  * Binary-coding quantization (Chung et al. 2020) writes a weight row as k scaled sign vectors,
  *     W_n = sum_{i<k} a_{i,n} b_{i,n},   b_{i,n} in {-1,+1}^K,
@@ -42,13 +43,6 @@
 
 #define TBT_LUT_G 4          /* inputs per group: tables of 2^4 sums, 8 stored */
 #define TBT_LUT_MBLOCK 16    /* activation rows whose tables are built at once (kept in L2) */
-
-/* Inlined at every call, so that the constants passed there (tile sizes) are known inside. */
-#if defined(_MSC_VER)
-#define TBT_ALWAYS_INLINE __forceinline
-#else
-#define TBT_ALWAYS_INLINE inline __attribute__((always_inline))
-#endif
 
 /* The sizes, worked out once by the driver (tbt_bcq_lut_f32). */
 typedef struct {
@@ -117,7 +111,7 @@ static inline float tbt_lut_dot(const float *H, const uint32_t *L, const float *
 /* ---------------------------------------------------------------------------------------
  * The AVX2 form: 8 output rows per vector (one per lane), the same order per lane
  * --------------------------------------------------------------------------------------- */
-#if TBT_HAVE_AVX2
+#if TBT_X86_SIMD
 #define TBT_LUT_R 4     /* row blocks per tile: 4 independent sums hide the latency of the add */
 #define TBT_LUT_MT 2    /* activation rows per tile: they share the decoding of the codes */
 
@@ -129,7 +123,7 @@ static inline float tbt_lut_dot(const float *H, const uint32_t *L, const float *
  *     v << 28                       = (c & 7) << 28 | (c >> 3) << 31, zeros below bit 28
  *     H'_j[c & 7] XOR (v << 28)     = H_j[c & 7] XOR (c >> 3) << 31  =  T_j[p]
  * (the key cancels, bit 3 of c flips the sign bit: an exact negation). */
-static void tbt_lut_key_tables_avx2(float *H, size_t groups)
+TBT_AVX2 static void tbt_lut_key_tables_avx2(float *H, size_t groups)
 {
     const __m256 key = _mm256_castsi256_ps(_mm256_setr_epi32(0 << 28, 1 << 28, 2 << 28, 3 << 28,
                                                              4 << 28, 5 << 28, 6 << 28, 7 << 28));
@@ -149,7 +143,7 @@ static void tbt_lut_key_tables_avx2(float *H, size_t groups)
  *   v >>= 4                                  the next group's code to bits 0..3
  * A word covers 8 groups; past J they are padding (code 0, inputs 0, so the entry is +0), and
  * adding +0 leaves s as it is (s is never -0), so whole words are summed. */
-static TBT_ALWAYS_INLINE void tbt_lut_tile_avx2(const float *const H[TBT_LUT_MT], const int mt,
+TBT_AVX2 static TBT_ALWAYS_INLINE void tbt_lut_tile_avx2(const float *const H[TBT_LUT_MT], const int mt,
                                                 const uint32_t *L, size_t block_words, const int r,
                                                 const float *a, int k, int Np, int Wd,
                                                 __m256 y[TBT_LUT_MT][TBT_LUT_R])
@@ -189,7 +183,7 @@ static TBT_ALWAYS_INLINE void tbt_lut_tile_avx2(const float *const H[TBT_LUT_MT]
 }
 
 /* out[m][n0 .. n0 + count - 1] = the first count lanes of y */
-static inline void tbt_lut_store(float *o, __m256 y, int count)
+TBT_AVX2 static TBT_ALWAYS_INLINE void tbt_lut_store(float *o, __m256 y, int count)
 {
     if (count == 8) {
         _mm256_storeu_ps(o, y);
@@ -202,7 +196,7 @@ static inline void tbt_lut_store(float *o, __m256 y, int count)
 
 /* Activation rows m0..m0+mt-1 against row blocks rb0..rb0+r-1 (r, mt constants at each call):
  * the tile, then its results to out. H: the keyed tables of the activation rows from mb on. */
-static TBT_ALWAYS_INLINE void tbt_lut_tile_out_avx2(const float *H, int mb, int m0, const int mt,
+TBT_AVX2 static TBT_ALWAYS_INLINE void tbt_lut_tile_out_avx2(const float *H, int mb, int m0, const int mt,
                                                     int rb0, const int r, const uint32_t *lut,
                                                     const float *scale, tbt_lut_dims d, float *out)
 {
@@ -218,34 +212,28 @@ static TBT_ALWAYS_INLINE void tbt_lut_tile_out_avx2(const float *H, int mb, int 
         }
 }
 
-/* Activation rows mb..me-1 (their tables H, unkeyed on entry) x all output rows: tiles of
- * TBT_LUT_R row blocks (the parallel loop) x TBT_LUT_MT activation rows, then the tails. */
-static void tbt_lut_rows_avx2(float *H, int mb, int me, const uint32_t *lut, const float *scale,
-                              tbt_lut_dims d, float *out, int threads)
+/* Activation rows mb..me-1 (their keyed tables H) x the row blocks of tile t: TBT_LUT_R row
+ * blocks x TBT_LUT_MT activation rows at a time, then the tails. */
+TBT_AVX2 static TBT_NOINLINE void tbt_lut_rows_avx2(const float *H, int mb, int me, int t,
+                                                    const uint32_t *lut, const float *scale,
+                                                    tbt_lut_dims d, float *out)
 {
-    tbt_lut_key_tables_avx2(H, (size_t)(me - mb) * 8 * d.Wd);
-    const int ntiles = (d.Nb + TBT_LUT_R - 1) / TBT_LUT_R;
-#if TBT_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-#endif
-    for (int t = 0; t < ntiles; t++) {
-        const int rb0 = TBT_LUT_R * t;
-        const int full = rb0 + TBT_LUT_R <= d.Nb;          /* TBT_LUT_R row blocks, or the tail */
-        int m = mb;
-        for (; m + TBT_LUT_MT <= me; m += TBT_LUT_MT) {
-            if (full)
-                tbt_lut_tile_out_avx2(H, mb, m, TBT_LUT_MT, rb0, TBT_LUT_R, lut, scale, d, out);
-            else
-                for (int rb = rb0; rb < d.Nb; rb++)
-                    tbt_lut_tile_out_avx2(H, mb, m, TBT_LUT_MT, rb, 1, lut, scale, d, out);
-        }
-        for (; m < me; m++) {
-            if (full)
-                tbt_lut_tile_out_avx2(H, mb, m, 1, rb0, TBT_LUT_R, lut, scale, d, out);
-            else
-                for (int rb = rb0; rb < d.Nb; rb++)
-                    tbt_lut_tile_out_avx2(H, mb, m, 1, rb, 1, lut, scale, d, out);
-        }
+    const int rb0 = TBT_LUT_R * t;
+    const int full = rb0 + TBT_LUT_R <= d.Nb;          /* TBT_LUT_R row blocks, or the tail */
+    int m = mb;
+    for (; m + TBT_LUT_MT <= me; m += TBT_LUT_MT) {
+        if (full)
+            tbt_lut_tile_out_avx2(H, mb, m, TBT_LUT_MT, rb0, TBT_LUT_R, lut, scale, d, out);
+        else
+            for (int rb = rb0; rb < d.Nb; rb++)
+                tbt_lut_tile_out_avx2(H, mb, m, TBT_LUT_MT, rb, 1, lut, scale, d, out);
+    }
+    for (; m < me; m++) {
+        if (full)
+            tbt_lut_tile_out_avx2(H, mb, m, 1, rb0, TBT_LUT_R, lut, scale, d, out);
+        else
+            for (int rb = rb0; rb < d.Nb; rb++)
+                tbt_lut_tile_out_avx2(H, mb, m, 1, rb, 1, lut, scale, d, out);
     }
 }
 #endif
@@ -257,6 +245,7 @@ static void tbt_lut_rows_avx2(float *H, int mb, int me, const uint32_t *lut, con
 static void tbt_lut_rows_scalar(const float *H, int mb, int me, const uint32_t *lut,
                                 const float *scale, tbt_lut_dims d, float *out, int threads)
 {
+    (void)threads;                               /* without OpenMP */
 #if TBT_HAVE_OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
@@ -270,10 +259,12 @@ static void tbt_lut_rows_scalar(const float *H, int mb, int me, const uint32_t *
 
 /* x: (M, K) float32; lut: the layout above, (ceil(N/8), k, Wd, 8) uint32 with
  * Wd = ceil(ceil(K/4) / 8); scale: (k, Np) float32, Np = 8 ceil(N/8); out: (M, N) float32.
- * Activation rows go in blocks of TBT_LUT_MBLOCK, their tables built first. scalar = 1 runs
- * the scalar form even where the AVX2 form was built (the tests compare the two). */
-static int tbt_bcq_lut_f32(const float *x, int M, int K, const uint32_t *lut, const float *scale,
-                           int k, int N, float *out, int threads, int scalar)
+ * Activation rows go in blocks of TBT_LUT_MBLOCK, their tables built first. The AVX2 form runs
+ * where the kernel path (_dispatch.h) is AVX2 or AVX-512, unless scalar = 1 (the scalar form
+ * always: the tests compare the two). */
+static TBT_UNUSED int tbt_bcq_lut_f32(const float *x, int M, int K, const uint32_t *lut,
+                                      const float *scale, int k, int N, float *out, int threads,
+                                      int scalar)
 {
     tbt_lut_dims d;
     d.K = K;
@@ -289,20 +280,24 @@ static int tbt_bcq_lut_f32(const float *x, int M, int K, const uint32_t *lut, co
     void *raw = NULL;
     float *H = (float *)tbt_alloc((size_t)rows * d.table_floats * sizeof(float), &raw);
     if (H == NULL) return -1;
-#if !TBT_HAVE_AVX2
-    (void)scalar;                                        /* the scalar form is the only one built */
-#endif
+    const int simd = TBT_X86_SIMD && !scalar && tbt_kernel_path() >= TBT_PATH_AVX2;
 
     for (int mb = 0; mb < M; mb += TBT_LUT_MBLOCK) {
         const int me = mb + TBT_LUT_MBLOCK < M ? mb + TBT_LUT_MBLOCK : M;
         for (int m = mb; m < me; m++)        /* the tables, padding groups included (all +0) */
             tbt_lut_tables(x + (size_t)m * K, K, 8 * d.Wd, H + (size_t)(m - mb) * d.table_floats);
-#if TBT_HAVE_AVX2
-        if (!scalar) {
-            tbt_lut_rows_avx2(H, mb, me, lut, scale, d, out, threads);
+#if TBT_X86_SIMD
+        if (simd) {
+            tbt_lut_key_tables_avx2(H, (size_t)(me - mb) * 8 * d.Wd);
+            const int ntiles = (d.Nb + TBT_LUT_R - 1) / TBT_LUT_R;
+#if TBT_HAVE_OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#endif
+            for (int t = 0; t < ntiles; t++) tbt_lut_rows_avx2(H, mb, me, t, lut, scale, d, out);
             continue;
         }
 #endif
+        (void)simd;
         tbt_lut_rows_scalar(H, mb, me, lut, scale, d, out, threads);
     }
     free(raw);

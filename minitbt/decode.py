@@ -4,6 +4,9 @@ Works with any model that offers ``encode(src) -> (memory, src_pad)``, ``init_ca
 ``decode(new_tokens, memory, src_pad, cache, offset) -> logits``: the training-time
 Seq2SeqTransformer (float or fake-quantized) and the packed model alike. Each step feeds
 only the newest token; the keys and values of earlier steps come from the cache.
+
+The fast path: a compiled model (minitbt.packed.compiled, ``model.compiled``) runs the same two
+searches in C (minitbt/_decoder.h, ``tbt_greedy`` and ``tbt_beam``), one source at a time.
 """
 import numpy as np
 
@@ -17,6 +20,8 @@ def _logits(x):
 
 def greedy(model, src: np.ndarray, max_len: int = 64, min_len: int = 0) -> list:
     """Pick argmax p(y_t | y_<t, x) at every step. src (B, S) -> list of B id lists (no specials)."""
+    if getattr(model, "compiled", False):
+        return model.greedy(src, max_len, min_len)
     src = np.asarray(src)
     B = src.shape[0]
     max_len = min(max_len, model.config.max_len)          # the position table's length
@@ -63,6 +68,8 @@ def beam_search(model, src: np.ndarray, beam_size: int = 4, max_len: int = 64, m
     A finished hypothesis y scores  log p(y | x) / |y|^length_penalty  (|y| counts <eos>);
     <eos> is forbidden before ``min_len`` tokens. Returns a list of id lists, one per source.
     """
+    if getattr(model, "compiled", False):
+        return model.beam_search(src, beam_size, max_len, min_len, length_penalty)
     results = []
     for row in np.asarray(src):
         results.append(_beam_one(model, row[None, :], beam_size, max_len, min_len, length_penalty))

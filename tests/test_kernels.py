@@ -1,6 +1,10 @@
 """Bit kernels: every kernel against its NumPy reference and against a plain float64 matmul
-of the unpacked values (which checks the reference too), on both paths (compiled and
-NumPy fallback), with hypothesis-generated shapes; plus the input validation."""
+of the unpacked values (which checks the reference too), on every path (the NumPy fallback and
+each compiled path: portable C, AVX2, AVX-512), with hypothesis-generated shapes; plus the
+input validation."""
+import os
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -8,24 +12,59 @@ from hypothesis import strategies as st
 
 from minitbt import kernels as kn
 
-# compiled path when it was built, and always the NumPy fallback (_core = None)
-PATHS = ["ext", "numpy"] if kn.HAVE_EXT else ["numpy"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import build_avx512_emu  # noqa: E402  (the developer build of the AVX-512 paths on SIMDe)
+
+# The NumPy fallback, every compiled path (those this CPU lacks are skipped, with the reason),
+# and the AVX-512 paths emulated by SIMDe where that developer build exists.
+PATHS = ["numpy", "portable", "avx2", "avx512", "avx512-emu"]
+_NEEDS = {"avx2": "AVX2", "avx512": "AVX-512 F, BW, VL, VPOPCNTDQ and VNNI"}
+
+
+def _emulated_core():
+    """build/avx512-emu/_core_emu (tests/build_avx512_emu.py), or the reason it cannot run."""
+    core = build_avx512_emu.load()
+    if core is None:
+        return None, ("the AVX-512 paths on SIMDe are a developer build: "
+                      "`python tests/build_avx512_emu.py` (needs libsimde-dev)")
+    root = os.path.dirname(build_avx512_emu.HERE)
+    sources = [os.path.join(root, "minitbt", f) for f in os.listdir(os.path.join(root, "minitbt"))
+               if f.endswith(".h") or f == "_core.pyx"]
+    if max(map(os.path.getmtime, sources)) > os.path.getmtime(core.__file__):
+        return None, "build/avx512-emu is older than the kernel sources: rebuild it"
+    return core, ""
 
 
 @pytest.fixture(params=PATHS)
 def path(request, monkeypatch):
-    """kn._core is the one switch every kernel reads at call time. On the NumPy path the
-    compiled functions are also replaced by ones that fail, so that a kernel which kept its
-    own reference to the compiled module cannot pass these tests on the compiled path."""
+    """kn._core is the one switch every kernel reads at call time, and its set_kernel_path picks
+    the compiled path. On the NumPy path the compiled functions are also replaced by ones that
+    fail, so that a kernel which kept its own reference to the compiled module cannot pass
+    these tests on the compiled path."""
     compiled = kn._core
-    if request.param == "numpy":
+    name = request.param
+    if name == "numpy":
         monkeypatch.setattr(kn, "_core", None)
         if compiled is not None:
-            for name in dir(compiled):
-                if not name.startswith("_") and callable(getattr(compiled, name)):
-                    monkeypatch.setattr(compiled, name, _compiled_was_called(name))
-    else:
-        assert compiled is not None
+            for attr in dir(compiled):
+                if not attr.startswith("_") and callable(getattr(compiled, attr)):
+                    monkeypatch.setattr(compiled, attr, _compiled_was_called(attr))
+        return name
+    if name == "avx512-emu":
+        core, why = _emulated_core()
+        if core is None:
+            pytest.skip(why)
+        monkeypatch.setattr(kn, "_core", core)
+        name = "avx512"
+    elif compiled is None:
+        pytest.skip("minitbt._core is not built")
+    elif name not in compiled.COMPILED_PATHS:
+        pytest.skip(f"this build has no {name} path (MINITBT_PORTABLE=1, or not x86-64)")
+    elif name not in kn.available_paths():
+        pytest.skip(f"this CPU has no {_NEEDS[name]} (its best path: {compiled.cpu_path()})")
+    before = kn.kernel_path()
+    assert kn.set_kernel_path(name) == name == kn.kernel_path()
+    request.addfinalizer(lambda: kn._core.set_kernel_path(before))
     return request.param
 
 
@@ -35,9 +74,10 @@ def _compiled_was_called(name):
     return fail
 
 
-# M, K, N: edge sizes (1, K < 64, K not a multiple of 64, K = 64 w + tail) and large K
+# M, K, N: edge sizes (1, K < 64, K not a multiple of 64, K = 64 w + tail) and large K: K not a
+# multiple of 256 or 512 (the SIMD tails: 1100 = 2 x 512 + 64 + 12, 1300 = 2 x 512 + 256 + 20)
 dims = st.tuples(st.integers(1, 9), st.sampled_from([1, 3, 63, 64, 65, 127, 200, 255, 256, 257,
-                                                      300, 513, 1000]),
+                                                      300, 511, 513, 767, 1000, 1100, 1300]),
                  st.integers(1, 11))
 # the `path` fixture (monkeypatched _core) is meant to hold for all examples of a test
 EXAMPLES = settings(max_examples=25, deadline=None,
@@ -176,7 +216,7 @@ def test_large_k_chunking(path):
 
 
 @pytest.mark.skipif(not (kn.HAVE_EXT and kn._core.HAVE_OPENMP), reason="no OpenMP build")
-def test_threads_give_the_same_results():
+def test_threads_give_the_same_results(path):
     rng = _rng(3)
     M, K, N = 130, 300, 37                      # > one M block, partial tiles
     a, w = rng.choice([-1, 1], size=(M, K)), rng.integers(-1, 2, size=(N, K))
@@ -190,6 +230,9 @@ def test_threads_give_the_same_results():
     x8 = rng.integers(-128, 128, size=(M, K)).astype(np.int8)
     prep = kn.prepare_ternary_int8(w)
     np.testing.assert_array_equal(kn.gemm_ternary_int8(x8, prep, threads=2), _matmul(x8, w))
+    for t in (2, 3):                            # the 2-bit GEMV: threads split the groups of 8 rows
+        np.testing.assert_array_equal(kn.gemm_ternary_int8(x8[:1], prep, threads=t),
+                                      _matmul(x8[:1], w))
     xf = rng.standard_normal((2, K)).astype(np.float32)
     np.testing.assert_allclose(kn.gemm_signadd_f32(xf, kn.prepare_signadd(w), threads=2),
                                _matmul(xf, w), rtol=1e-5, atol=1e-4)

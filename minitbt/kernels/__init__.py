@@ -18,6 +18,7 @@ One concept per file:
 * ``signadd.py``  -- ternary x float32 with additions only;
 * ``lut.py``      -- k-bit binary-coding weights x float32 by table look-up (BiQGEMM / T-MAC);
 * ``quantize.py`` -- float32 rows -> int8 codes and a scale per row (the input of ``int8.py``);
+* ``paths.py``    -- which compiled path runs (portable C, AVX2, AVX-512): ``info()``, ``use_path``;
 * ``_checks.py``  -- the input validation they share.
 
 Scales, offsets (centring) and zero-points stay outside: these kernels compute the
@@ -44,6 +45,10 @@ a copy taken at import), so setting it to None (the tests' NumPy path:
 ``monkeypatch.setattr(kernels, "_core", None)``) sends every kernel to its reference.
 ``MINITBT_NO_EXT=1`` forces the NumPy path from the start; ``HAVE_EXT`` tells which path
 was loaded.
+
+The compiled kernels have up to three paths, picked at import from the CPU (portable C, AVX2,
+AVX-512 with VPOPCNTDQ and VNNI); ``MINITBT_KERNEL_PATH=portable|avx2|avx512`` lowers the
+choice, and ``info()`` says which path and instruction each kernel runs (``paths.py``).
 """
 from __future__ import annotations
 
@@ -59,7 +64,8 @@ __all__ = [
     "BinaryCodingLUTWeights", "prepare_bcq_lut", "gemm_bcq_lut", "quantize_rows_i8",
     "gemm_xnor_ref", "gemm_and_pm1_ref", "gemm_bitplane_ref", "gemm_bitplane_pm1_ref",
     "gemm_ternary_ternary_ref", "gemm_ternary_int8_ref", "gemm_signadd_f32_ref", "gemm_bcq_lut_ref",
-    "quantize_rows_i8_ref",
+    "quantize_rows_i8_ref", "info", "kernel_path", "set_kernel_path", "use_path",
+    "available_paths",
 ]
 
 
@@ -71,7 +77,7 @@ def _load_core():
         from minitbt import _core as core
     except ImportError as exc:
         return None, f"minitbt._core could not be imported ({exc})"
-    if not hasattr(core, "bcq_lut_f32"):  # a stale build of an older _core.pyx
+    if not hasattr(core, "set_kernel_path"):  # a stale build of an older _core.pyx
         return None, "minitbt._core is out of date (rebuild with `pip install -e .`)"
     return core, ""
 
@@ -81,6 +87,9 @@ HAVE_EXT = _core is not None
 if not HAVE_EXT:
     warnings.warn(f"minitbt.kernels: {_why}; using the NumPy reference kernels (correct, slow).",
                   RuntimeWarning, stacklevel=2)
+elif os.environ.get("MINITBT_KERNEL_PATH", "") not in ("", "portable", "avx2", "avx512"):
+    warnings.warn(f"minitbt.kernels: MINITBT_KERNEL_PATH={os.environ['MINITBT_KERNEL_PATH']!r} is "
+                  "not one of portable, avx2, avx512; ignored", RuntimeWarning, stacklevel=2)
 
 # The public API, re-exported from the submodules (which read _core above at call time).
 from minitbt.kernels.packing import (  # noqa: E402
@@ -96,3 +105,5 @@ from minitbt.kernels.signadd import (  # noqa: E402
 from minitbt.kernels.lut import (  # noqa: E402
     BinaryCodingLUTWeights, gemm_bcq_lut, gemm_bcq_lut_ref, prepare_bcq_lut)
 from minitbt.kernels.quantize import quantize_rows_i8, quantize_rows_i8_ref  # noqa: E402
+from minitbt.kernels.paths import (  # noqa: E402
+    available_paths, info, kernel_path, set_kernel_path, use_path)

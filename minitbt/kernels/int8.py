@@ -18,7 +18,7 @@ from minitbt.kernels.packing import _check_codes
 class TernaryInt8Weights:
     """Ternary (or binary) weights (N, K) prepared once for gemm_ternary_int8.
 
-    Two layouts of the same codes (docs/kernels.md; minitbt/_bitops.h section 2):
+    Two layouts of the same codes (docs/kernels.md section 4.2; minitbt/_int8.h):
 
     * ``w_i8``  (Np, Kp8) int8 codes in {-1, 0, 1}; Kp8 = K rounded up to 32, Np = N rounded
       up to 8, padding 0. The GEMM layout: no unpacking in the inner loop.

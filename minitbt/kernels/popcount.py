@@ -44,6 +44,8 @@ def gemm_xnor_ref(a: np.ndarray, w: np.ndarray, K: int) -> np.ndarray:
 
     Equal signs contribute +1, different signs -1, and XOR marks the differing ones;
     padding bits are 0 in both operands, so their XOR is 0 and adds nothing.
+    In C: ``tbt_xnor_dot`` in minitbt/_popcount.h is this line for one output; the compiled
+    GEMM is ``tbt_popc_gemm`` with op XOR, coef [[-2]] and bias K (``_coef`` below).
     """
     return (K - 2 * _popc_pairs(a, w, np.bitwise_xor)).astype(np.int32)
 
@@ -105,7 +107,9 @@ def gemm_ternary_ternary_ref(a_ternary: np.ndarray, w_ternary: np.ndarray, K: in
 
 @lru_cache(maxsize=None)
 def _coef(kind: str, k: int = 1) -> np.ndarray:
-    """coef[p, q] of each kernel (activation plane p, weight plane q), built once."""
+    """coef[p, q] of each kernel (activation plane p, weight plane q), built once: the C driver
+    tbt_popc_gemm (minitbt/_popcount.h) computes, on every path,
+        out[m, n] = bias + row_bias[m] + sum_{p,q} coef[p, q] * popc(op(A[p, m], B[q, n]))."""
     table = {"xnor": [[-2]],                                    # K - 2 popc(a ^ w)
              "tt": [[1, -1], [-1, 1]],                          # (a+ - a-) . (w+ - w-)
              "bitplane": [[2 ** j, -(2 ** j)] for j in range(k)],   # 2^j (a_j.w+ - a_j.w-)

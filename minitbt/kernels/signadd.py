@@ -14,7 +14,7 @@ from minitbt.kernels._checks import _check_finite, _check_prepared, _check_threa
 from minitbt.kernels.packing import _check_codes
 
 
-_SA_G = 6              # groups of 3 inputs per chunk (must match TBT_SA_G in _bitops.h)
+_SA_G = 6              # groups of 3 inputs per chunk (must match TBT_SA_G in minitbt/_signadd.h)
 _SA_CHUNK = 3 * _SA_G  # inputs per chunk
 
 

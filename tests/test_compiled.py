@@ -1,0 +1,191 @@
+"""The compiled decoder (minitbt/_decoder.h) runs the same model as the NumPy packed model.
+
+The reference is the nn/ packed model in float32, which the tests of test_packed.py tie to the
+fake-quantized training-time model (in float64, where only the summation order differs). The C
+runs float32 too; its linear layers give the same integers on the same kernels, and only the
+float parts (LayerNorm, scores, softmax) sum in another order. So:
+
+* 1- and 2-bit activations: the same codes, logits within 1e-4, the same greedy tokens.
+* 8-bit activations: a last-bit difference can move a value across a rounding boundary of the
+  256-level code, and that code's step (about 1/127 of the row's range) reaches the logits:
+  median difference ~3e-7, but up to ~0.1 (measured on 50 test sentences). Greedy tokens then
+  may differ, and only where the reference's own two best logits were that close (a near-tie).
+"""
+import os
+
+import numpy as np
+import pytest
+
+from minitbt.data import BOS
+from minitbt.decode import beam_search, greedy
+from minitbt.model_io import build_model, load_model, quantize
+from minitbt.packed import pack_model
+from minitbt.packed.compiled import HAVE_DECODER, NotCompilable, compile_model
+from minitbt.tensor import no_grad
+
+pytestmark = pytest.mark.skipif(not HAVE_DECODER, reason="minitbt._decoder was not built")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASK = os.path.join(ROOT, "data", "ddtp-en-de")
+TIGHT = 1e-4          # |logit difference| with 1- and 2-bit activation codes
+NEAR_TIE = 0.25       # 8-bit: a greedy divergence is allowed only where the top-2 gap is below this
+
+
+def _reference_logits(model, src_ids, tokens):
+    """Teacher-forced logits (T, V) of the NumPy model for one source."""
+    with no_grad():
+        memory, pad = model.encode(np.asarray(src_ids)[None])
+        return model.decode(np.asarray(tokens)[None], memory, pad).data[0]
+
+
+def _check_model(p, src, max_len, eight_bit, tight=TIGHT):
+    """Compile the packed model p and compare greedy tokens and teacher-forced logits on src."""
+    fast = compile_model(p)
+    ours, ref = fast.greedy(src, max_len), greedy(p, src, max_len)
+    worst = 0.0
+    for i, row in enumerate(src):
+        ids = row[row != p.config.pad_id]
+        toks = np.array([BOS] + ref[i], dtype=np.int32)
+        lc, ln = fast.step_logits(ids, toks), _reference_logits(p, ids, toks)
+        worst = max(worst, float(np.abs(lc - ln).max()))
+        if ours[i] != ref[i]:
+            assert eight_bit, f"sentence {i}: greedy tokens differ\n  C:     {ours[i]}\n  NumPy: {ref[i]}"
+            j = next(t for t, (a, b) in enumerate(zip(ours[i] + [-1], ref[i] + [-1])) if a != b)
+            z = ln[j]
+            gap = z.max() - z[ours[i][j]] if j < len(ours[i]) else z.max() - z[p.config.eos_id]
+            assert gap < NEAR_TIE, (f"sentence {i} diverges at step {j}, where the reference's logits of the "
+                                    f"two choices differ by {gap:.3f}: not a near-tie")
+    if eight_bit:
+        assert worst < NEAR_TIE, f"8-bit codes: max |logit difference| {worst:.3g}"
+    else:
+        assert worst < tight, f"max |logit difference| {worst:.3g} (tolerance {tight})"
+    return ours, ref
+
+
+# ---- the four presets on the test split -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def test_sources():
+    from minitbt.data import Seq2SeqData, load_tokenizer
+    data = Seq2SeqData.from_task(TASK, "test", load_tokenizer(TASK), max_src_len=48, max_tgt_len=48, limit=50)
+    return data.collate(np.arange(50)).src
+
+
+def _preset_model(spec, src):
+    """The shipped QAT model of this preset, else the shipped FP model quantized and calibrated."""
+    path = os.path.join(ROOT, "models", f"ddtp-en-de-{spec}.npz")
+    if os.path.exists(path):
+        q, _ = load_model(path)
+        return q.eval()
+    fp, _ = load_model(os.path.join(ROOT, "models", "ddtp-en-de-fp.npz"))
+    q = quantize(fp, spec).eval()
+    with no_grad():
+        q(src[:8], src[:8, :4])                            # first-batch initialisation of learned scales
+    return q
+
+
+@pytest.mark.parametrize("spec", ["2-2-8", "1-1-8", "2-2-2", "1-1-1"])
+def test_compiled_greedy_equals_numpy_on_50_test_sentences(spec, test_sources):
+    p = pack_model(_preset_model(spec, test_sources))
+    _check_model(p, test_sources, 40, eight_bit=spec.endswith("-8"))
+
+
+def test_compiled_beam_equals_numpy_beam(test_sources):
+    p = pack_model(_preset_model("1-1-1", test_sources))
+    src = test_sources[:6]
+    assert compile_model(p).beam_search(src, 4, 30) == beam_search(p, src, 4, 30)
+
+
+# ---- every architecture option and quantizer family, on tiny random models -------------------
+
+ARCHS = {
+    "post-LN relu": {},
+    "pre-LN gelu sinusoidal": dict(pre_ln=True, activation="gelu", positions="sinusoidal"),
+    "untied head gelu_tanh": dict(tie_embeddings=False, activation="gelu_tanh"),
+    "pruned FFN widths": dict(ffn_widths=[24, 40, 8]),
+}
+RECIPES = ["2-2-2", "1-1-1", "2-2-8", "1-1-8", "bit-1-1-1", "tbt-code-2-2-2", "twn-2-2-2", "bwn-1-1-1",
+           "bitnet-8-2-8", "16-2-16", "paretoq-2-2-2"]
+
+
+def _tiny(arch, seed=0):
+    return build_model(vocab_size=60, d_model=32, n_heads=4, d_ff=48, n_encoder_layers=1, n_decoder_layers=2,
+                       max_len=24, dropout=0.0, seed=seed, **ARCHS[arch])
+
+
+def _tiny_src(seed=0):
+    rng = np.random.default_rng(seed)
+    src = rng.integers(3, 60, (5, 11))
+    src[0, 7:] = 0                                         # a padded source
+    return src
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_compiled_tiny_models(arch, recipe):
+    src = _tiny_src()
+    q = quantize(_tiny(arch), recipe).eval()
+    with no_grad():
+        q(src, src[:, :5])                                 # initialise the learned scales
+    eight = recipe.endswith("-8") or recipe.startswith("bitnet")
+    _check_model(pack_model(q), src, 12, eight_bit=eight)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_compiled_float_and_fake_quantized_models(arch):
+    """A float model, and a QAT model before packing (float matmuls with quantized weights)."""
+    src = _tiny_src(1)
+    fp = _tiny(arch, 1).eval()
+    _check_model(fp, src, 12, eight_bit=False, tight=1e-3)   # float scores: rounding only
+    q = quantize(fp, "2-2-2").eval()
+    with no_grad():
+        q(src, src[:, :5])
+    _check_model(q, src, 12, eight_bit=False, tight=1e-3)
+
+
+def test_compiled_float_weights_runtime_matches_packed():
+    """float_weights=True: the same runtime with dequantized float32 weights, the same outputs."""
+    src = _tiny_src(2)
+    q = quantize(_tiny("post-LN relu", 2), "2-2-2").eval()
+    with no_grad():
+        q(src, src[:, :5])
+    p = pack_model(q)
+    a, b = compile_model(p), compile_model(p, float_weights=True)
+    for row in src:
+        ids = row[row != 0]
+        toks = np.array([BOS, 5, 9, 11], dtype=np.int32)
+        np.testing.assert_allclose(a.step_logits(ids, toks), b.step_logits(ids, toks), atol=1e-4)
+
+
+def test_compiled_beam_tiny_matches_numpy():
+    src = _tiny_src(3)
+    q = quantize(_tiny("pre-LN gelu sinusoidal", 3), "1-1-1").eval()
+    with no_grad():
+        q(src, src[:, :5])
+    p = pack_model(q)
+    for k in (1, 3):
+        assert compile_model(p).beam_search(src, k, 10, min_len=2) == beam_search(p, src, k, 10, min_len=2)
+
+
+def test_compiled_refuses_what_it_cannot_run():
+    src = _tiny_src()
+    q = quantize(_tiny("post-LN relu"), "tbt-code-1-1-1").eval()      # binary_zero="zero": {-1, 0, 1}
+    with no_grad():
+        q(src, src[:, :5])
+    with pytest.raises(NotCompilable, match="binary_zero"):
+        compile_model(q)
+    fresh = quantize(_tiny("post-LN relu"), "2-2-2").eval()           # scales never initialised
+    with pytest.raises(NotCompilable, match="initialised"):
+        compile_model(fresh)
+
+
+def test_compiled_decode_functions_take_it():
+    """minitbt.decode.greedy / beam_search run a compiled model through its own loops."""
+    src = _tiny_src(4)
+    q = quantize(_tiny("post-LN relu", 4), "2-2-2").eval()
+    with no_grad():
+        q(src, src[:, :5])
+    p = pack_model(q)
+    fast = compile_model(p)
+    assert greedy(fast, src, 10) == greedy(p, src, 10)
+    assert beam_search(fast, src, 2, 10) == beam_search(p, src, 2, 10)
