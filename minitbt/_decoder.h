@@ -37,8 +37,40 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "_bitops.h"
+
+/* Where the time goes (minitbt.packed.speed.step_profile): with tbt_profiling on, each region
+ * ends with tbt_mark(part), which adds the time since the previous mark to that part. */
+enum { TBT_T_QUANT, TBT_T_KERNEL, TBT_T_RESCALE, TBT_T_ATTN, TBT_T_NORM, TBT_T_HEAD, TBT_T_OTHER, TBT_T_N };
+static const char *const tbt_part_names[TBT_T_N] = {
+    "activation codes (quantizers of the linear inputs)", "linear layers: bit kernels / float matmuls",
+    "linear layers: rescale and bias", "attention: scores, softmax, P V, Q/K/V/P quantizers",
+    "embedding, LayerNorm, residuals", "LM head (float, tied embedding)", "FFN activation, search"};
+static int tbt_profiling = 0;
+static double tbt_prof[TBT_T_N], tbt_prof_last;
+
+static double tbt_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static inline void tbt_mark(int part)
+{
+    if (!tbt_profiling) return;
+    const double t = tbt_now();
+    tbt_prof[part] += t - tbt_prof_last;
+    tbt_prof_last = t;
+}
+
+static TBT_UNUSED void tbt_profile(int on)        /* on: start (times reset), off: stop */
+{
+    tbt_profiling = on;
+    if (on) { memset(tbt_prof, 0, sizeof(tbt_prof)); tbt_prof_last = tbt_now(); }
+}
 
 /* =========================================================================================
  * 1. The model, as Python hands it over
@@ -303,11 +335,14 @@ static int tbt_linear_forward(const tbt_linear *L, const float *x, int M, float 
             for (int m = 0; m < M; m++) tbt_fake_quant_row(&L->in, xq + (size_t)m * K, K, s->codes);
             xin = xq;
         }
+        tbt_mark(TBT_T_QUANT);
         if (L->kernel == TBT_K_FLOAT) {
             tbt_matmul_f32(xin, M, K, L->w, N, y);
+            tbt_mark(TBT_T_KERNEL);
         } else {
             /* sign-add: y = s_w (x . c_w) + o_w sum(x), the dot by look-ups and additions only */
             if (tbt_signadd_f32(xin, M, K, L->sa_idx, N, y, 1) != 0) return -1;
+            tbt_mark(TBT_T_KERNEL);
             for (int m = 0; m < M; m++) {
                 double sum = 0;
                 for (int k = 0; k < K; k++) sum += xin[(size_t)m * K + k];
@@ -319,6 +354,7 @@ static int tbt_linear_forward(const tbt_linear *L, const float *x, int M, float 
         /* c_x, s_x, o_x per row (the input quantizer's codes()) */
         for (int m = 0; m < M; m++)
             tbt_quant_row(&L->in, x + (size_t)m * K, K, s->codes + (size_t)m * K, &s->sx[m], &s->ox[m]);
+        tbt_mark(TBT_T_QUANT);
         if (L->kernel == TBT_K_INT8) {
             /* dot[m][n] = sum_k c_x[m][k] c_w[n][k], c_w in {-1, 0, 1}: +c_x, 0 or -c_x per term */
             for (size_t i = 0; i < (size_t)M * K; i++) s->codes_i8[i] = (int8_t)s->codes[i];
@@ -335,6 +371,7 @@ static int tbt_linear_forward(const tbt_linear *L, const float *x, int M, float 
             if (tbt_popc_gemm(s->planes, L->wb, M, N, W, L->op, L->pa, L->pb, L->coef,
                               L->row_coef ? s->row_bias : NULL, L->bias_k, s->dot, 1) != 0) return -1;
         }
+        tbt_mark(TBT_T_KERNEL);
         /* y = s_x s_w dot + s_x o_w sum(c_x) + o_x s_w sum(c_w) + o_x o_w K */
         for (int m = 0; m < M; m++) {
             const float sx = s->sx[m], ox = s->ox[m];
@@ -355,6 +392,7 @@ static int tbt_linear_forward(const tbt_linear *L, const float *x, int M, float 
     if (L->bias)
         for (int m = 0; m < M; m++)
             for (int n = 0; n < N; n++) y[(size_t)m * N + n] += L->bias[n];
+    tbt_mark(TBT_T_RESCALE);
     return 0;
 }
 
@@ -415,6 +453,7 @@ static void tbt_attend_row(const tbt_attn *A, int H, int dh, const float *q, con
             for (int i = 0; i < dh; i++) oh[i] += p[j] * vj[i];
         }
     }
+    tbt_mark(TBT_T_ATTN);
 }
 
 /* Q of M rows: x W_q^T + b, scaled by 1/sqrt(dh), each head quantized */
@@ -427,6 +466,7 @@ static int tbt_queries(const tbt_attn *A, const float *x, int M, int H, int dh, 
         for (int j = 0; j < dh; j++) q[(size_t)i * dh + j] *= scale;
         tbt_fake_quant_row(&A->qq, q + (size_t)i * dh, dh, w->c);
     }
+    tbt_mark(TBT_T_ATTN);
     return 0;
 }
 
@@ -439,6 +479,7 @@ static int tbt_keys_values(const tbt_attn *A, const float *m, int M, int H, int 
         tbt_fake_quant_row(&A->kq, k + (size_t)i * dh, dh, w->c);
         tbt_fake_quant_row(&A->vq, v + (size_t)i * dh, dh, w->c);
     }
+    tbt_mark(TBT_T_ATTN);
     return 0;
 }
 
@@ -453,6 +494,7 @@ static int tbt_ffn(const tbt_layer *L, int act, const float *x, int M, float *y,
         else if (act == TBT_GELU) w->h[i] = 0.5f * z * (1.0f + erff(z * 0.70710678118654752f));
         else w->h[i] = 0.5f * z * (1.0f + tanhf(0.7978845608028654f * (z + 0.044715f * z * z * z)));
     }
+    tbt_mark(TBT_T_OTHER);
     return tbt_linear_forward(&L->fc2, w->h, M, y, s);
 }
 
@@ -461,6 +503,7 @@ static void tbt_residual(const tbt_model *mdl, const tbt_norm *nm, float *x, con
 {
     for (size_t i = 0; i < (size_t)M * mdl->d; i++) x[i] += f[i];
     if (!mdl->pre_ln) tbt_layer_norm(nm, x, M, mdl->d);
+    tbt_mark(TBT_T_NORM);
 }
 
 /* the sublayer's input: x itself (post-LN) or LN(x) in a copy (pre-LN) */
@@ -469,6 +512,7 @@ static const float *tbt_sub_in(const tbt_model *mdl, const tbt_norm *nm, const f
     if (!mdl->pre_ln) return x;
     memcpy(buf, x, (size_t)M * mdl->d * sizeof(float));
     tbt_layer_norm(nm, buf, M, mdl->d);
+    tbt_mark(TBT_T_NORM);
     return buf;
 }
 
@@ -546,6 +590,7 @@ static void tbt_embed(const tbt_model *mdl, const int32_t *ids, int M, int pos0,
         }
     }
     if (nm->g) tbt_layer_norm(nm, x, M, d);
+    tbt_mark(TBT_T_NORM);
 }
 
 /* memory (S, d) of one source; then each decoder layer's cross K, V */
@@ -615,6 +660,7 @@ static int tbt_decode_step(const tbt_model *mdl, const int32_t *tokens, int R, i
     if (mdl->head_b)
         for (int r = 0; r < R; r++)
             for (int i = 0; i < mdl->V; i++) st->logits[(size_t)r * mdl->V + i] += mdl->head_b[i];
+    tbt_mark(TBT_T_HEAD);
     return 0;
 }
 
@@ -633,6 +679,7 @@ static int tbt_greedy(const tbt_model *mdl, const int32_t *src, int S, int max_l
         int best = -1;
         for (int i = 0; i < mdl->V; i++)
             if ((t >= min_len || i != mdl->eos) && (best < 0 || z[i] > z[best])) best = i;
+        tbt_mark(TBT_T_OTHER);
         if (best == mdl->eos) break;
         out[n++] = best;
         token = best;

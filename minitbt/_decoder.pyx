@@ -66,6 +66,10 @@ cdef extern from "_decoder.h" nogil:
         tbt_layer *dec
     ctypedef struct tbt_state:
         float *logits
+    int TBT_T_N
+    const char *tbt_part_names[]
+    double tbt_prof[]
+    void tbt_profile(int on)
     int tbt_greedy(const tbt_model *mdl, const int32_t *src, int S, int max_len, int min_len, int32_t *out)
     int tbt_beam(const tbt_model *mdl, const int32_t *src, int S, int k, int max_len, int min_len,
                  double alpha, int32_t *out)
@@ -207,6 +211,14 @@ cdef class Decoder:
         if n < 0:
             raise MemoryError("minitbt._decoder: no memory for the decoding state")
         return out[:n].tolist()
+
+    def profile(self, bint on):
+        """Start (on, the timers reset) or stop the decoder's timers (tbt_mark in _decoder.h)."""
+        tbt_profile(on)
+
+    def profile_result(self):
+        """{part: seconds} since profile(True) (wall time of each region, one thread)."""
+        return {tbt_part_names[i].decode(): tbt_prof[i] for i in range(TBT_T_N)}
 
     def step_logits(self, src, tokens):
         """Logits (T, V) of each decoder step fed ``tokens`` (1-D, starting with <bos>) one at a

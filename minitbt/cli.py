@@ -107,7 +107,9 @@ def _decoding_args(p, default_model):
     p.add_argument("--min-len", type=int, default=0)
     p.add_argument("--max-len", type=int, default=None,
                    help="longest output in tokens (default: the model's training target length, else 64)")
-    p.add_argument("--packed", action="store_true", help="run the packed (bit-kernel) model")
+    p.add_argument("--packed", action="store_true",
+                   help="run the packed (bit-kernel) model, on the compiled decoder where it was built")
+    p.add_argument("--numpy", action="store_true", help="with --packed: the NumPy packed model (the reference)")
     p.add_argument("--tokenizer", default=None, help="task folder with tokenizer.json (default: from the model)")
 
 

@@ -52,7 +52,13 @@ def _load(args, kind: str):
     from minitbt.model_io import load_model, tokenizer_from_header
     if getattr(args, "packed", False):
         from minitbt.packed import load_packed_or_pack
+        from minitbt.packed.compiled import HAVE_DECODER, NotCompilable, compile_model
         model, meta = load_packed_or_pack(args.model)
+        if HAVE_DECODER and not getattr(args, "numpy", False):   # the compiled decoder, C (minitbt/_decoder.h)
+            try:
+                model = compile_model(model)
+            except NotCompilable as exc:
+                print(f"note: the NumPy packed model runs this one ({exc})", file=sys.stderr)
     else:
         model, meta = load_model(args.model)
     trained_for = meta.get("task", {}).get("kind")
