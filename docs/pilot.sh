@@ -47,6 +47,7 @@ flags() {
         multistep-2-2-2) echo "${BASE//$TEACHER/$OUT/stage-2-2-8/best.npz} --quant 2-2-2" ;;  # FP -> 2-2-8 -> 2-2-2
         multistep-1-1-1) echo "${BASE//$TEACHER/$OUT/stage-1-1-8/best.npz} --quant 1-1-1" ;;  # FP -> 1-1-8 -> 1-1-1
         bit-1-1-1)      echo "$BASE --quant bit-1-1-1" ;;                                   # BiT two-set, learned offset
+        subln-*)        echo "$BASE --quant $bits --quant-options subln=1" ;;               # BitDistill's SubLN
         paretoq-*)      echo "$BASE --quant paretoq-$bits" ;;                               # SEQ weights, learned scales
         kdt2-*)         echo "$BASE --quant $bits --kd-temperature 2" ;;
         lrhi-*)         echo "${BASE/--lr $LR/--lr 1e-3} --quant $bits" ;;
@@ -58,9 +59,9 @@ flags() {
 }
 
 CANDIDATES="tbt-2-2-2 lsq-2-2-2 clipsep-2-2-2 lsq-clipsep-2-2-2 code-2-2-2 seqkd-2-2-2 stage-2-2-8 multistep-2-2-2
-            paretoq-2-2-2 kdt2-2-2-2 lrhi-2-2-2 lrlo-2-2-2 long-2-2-2
+            paretoq-2-2-2 subln-2-2-2 kdt2-2-2-2 lrhi-2-2-2 lrlo-2-2-2 long-2-2-2
             tbt-1-1-1 lsq-1-1-1 clipsep-1-1-1 lsq-clipsep-1-1-1 code-1-1-1 seqkd-1-1-1 stage-1-1-8 multistep-1-1-1
-            bit-1-1-1 paretoq-1-1-1 kdt2-1-1-1 lrhi-1-1-1 lrlo-1-1-1 long-1-1-1"
+            bit-1-1-1 paretoq-1-1-1 subln-1-1-1 kdt2-1-1-1 lrhi-1-1-1 lrlo-1-1-1 long-1-1-1"
 
 table() {
     python - "$OUT" <<'EOF'

@@ -89,12 +89,15 @@ typedef struct {
     float clip;          /* min-max: clip to [-clip, clip] first (<= 0: no clip) */
 } tbt_quant;
 
+typedef struct { const float *g, *b; float eps; } tbt_norm;     /* g == NULL: no LayerNorm here */
+
 enum { TBT_K_FLOAT = 0, TBT_K_SIGNADD = 1, TBT_K_INT8 = 2, TBT_K_POPC = 3 };
 enum { TBT_A_SIGNS = 0, TBT_A_TERNARY = 1, TBT_A_PLANES = 2 };   /* how c_x becomes bit planes */
 
 /* A linear layer y = x_q W_q^T + b, x (M, K) -> y (M, N), on one kernel. */
 typedef struct {
     int K, N, kernel;              /* TBT_K_*                                                   */
+    tbt_norm in_norm;              /* SubLN: x <- LN(x) first (g == NULL: none)                 */
     tbt_quant in;                  /* the input quantizer (kind NONE: float input)              */
     const float *w;                /* FLOAT: (N, K) dequantized weights                         */
     const uint8_t *sa_idx;         /* SIGNADD: look-up indices (kernels.prepare_signadd)        */
@@ -110,8 +113,6 @@ typedef struct {
     int has_offset;                /* any o_w != 0                                              */
     const float *bias;             /* (N,) or NULL                                              */
 } tbt_linear;
-
-typedef struct { const float *g, *b; float eps; } tbt_norm;     /* g == NULL: no LayerNorm here */
 
 typedef struct {
     tbt_linear q, k, v, o;
@@ -235,6 +236,7 @@ typedef struct {
     uint64_t *planes;    /* (8, M, W) activation planes  */
     int32_t *dot;        /* (M, N) integer inner products */
     int32_t *row_bias;   /* (M,)                         */
+    float *xn;           /* (M, K) SubLN: the normalised input */
     float *sx, *ox;      /* (M,) scale and offset of each row's codes */
 } tbt_scratch;
 
@@ -323,10 +325,17 @@ static void tbt_pack_codes(const int32_t *c, int M, int K, int act, int pa, uint
         }
 }
 
-/* y (M, N) = x_q (M, K) W_q^T + b */
+static void tbt_layer_norm(const tbt_norm *nm, float *x, int M, int d);
+
+/* y (M, N) = x_q (M, K) W_q^T + b   (SubLN: x_q = q(LN(x))) */
 static int tbt_linear_forward(const tbt_linear *L, const float *x, int M, float *y, tbt_scratch *s)
 {
     const int K = L->K, N = L->N;
+    if (L->in_norm.g) {
+        memcpy(s->xn, x, (size_t)M * K * sizeof(float));
+        tbt_layer_norm(&L->in_norm, s->xn, M, K);
+        x = s->xn;
+    }
     if (L->kernel == TBT_K_FLOAT || L->kernel == TBT_K_SIGNADD) {
         const float *xin = x;
         if (L->in.kind != TBT_Q_NONE) {              /* x_q = a c + o, then a float matmul */
@@ -551,8 +560,8 @@ static int tbt_state_new(const tbt_model *mdl, int S, int R, int T, tbt_state *s
         /* work: q, k, v, o, p, h, c */
         (size_t)Mx * d, (size_t)Mx * d, (size_t)Mx * d, (size_t)Mx * d, (size_t)Lmax,
         (size_t)Mx * mdl->d_ff_max, (size_t)(Lmax > Kmax ? Lmax : Kmax),
-        /* beam search's reorder buffer */
-        (size_t)R * T * d,
+        /* beam search's reorder buffer, SubLN's normalised input */
+        (size_t)R * T * d, (size_t)Mx * Kmax,
     };
     const int n = (int)(sizeof(sizes) / sizeof(sizes[0]));
     size_t total = 0;
@@ -570,7 +579,7 @@ static int tbt_state_new(const tbt_model *mdl, int S, int R, int T, tbt_state *s
     st->s.codes = ptr[9]; st->s.codes_i8 = ptr[10]; st->s.planes = ptr[11]; st->s.dot = ptr[12];
     st->s.row_bias = ptr[13]; st->s.sx = ptr[14]; st->s.ox = ptr[15];
     st->w.q = ptr[16]; st->w.k = ptr[17]; st->w.v = ptr[18]; st->w.o = ptr[19]; st->w.p = ptr[20];
-    st->w.h = ptr[21]; st->w.c = ptr[22]; st->reorder = ptr[23];
+    st->w.h = ptr[21]; st->w.c = ptr[22]; st->reorder = ptr[23]; st->s.xn = ptr[24];
     return 0;
 }
 

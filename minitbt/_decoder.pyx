@@ -17,8 +17,13 @@ cdef extern from "_decoder.h" nogil:
     ctypedef struct tbt_quant:
         int kind, is_signed, bits, qp, centre, shift_min
         float a, b, clip
+    ctypedef struct tbt_norm:
+        const float *g
+        const float *b
+        float eps
     ctypedef struct tbt_linear:
         int K, N, kernel
+        tbt_norm in_norm
         tbt_quant in_ "in"
         const float *w
         const uint8_t *sa_idx
@@ -37,10 +42,6 @@ cdef extern from "_decoder.h" nogil:
         const float *codes_sum
         int has_offset
         const float *bias
-    ctypedef struct tbt_norm:
-        const float *g
-        const float *b
-        float eps
     ctypedef struct tbt_attn:
         tbt_linear q, k, v, o
         tbt_quant qq, kq, vq, pq
@@ -147,6 +148,7 @@ cdef class Decoder:
 
     cdef void _linear(self, tbt_linear *L, dict s):
         L.K, L.N, L.kernel = s["K"], s["N"], s["kernel"]
+        self._norm(&L.in_norm, s.get("in_norm"))
         self._quant(&L.in_, s.get("quant"))
         L.w = <const float *>self._ptr(s.get("w"), np.float32)
         L.sa_idx = <const uint8_t *>self._ptr(s.get("sa_idx"), np.uint8)

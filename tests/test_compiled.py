@@ -189,3 +189,19 @@ def test_compiled_decode_functions_take_it():
     fast = compile_model(p)
     assert greedy(fast, src, 10) == greedy(p, src, 10)
     assert beam_search(fast, src, 2, 10) == beam_search(p, src, 2, 10)
+
+
+@pytest.mark.parametrize("arch", ["post-LN relu", "pre-LN gelu sinusoidal"])
+@pytest.mark.parametrize("spec", ["2-2-2", "1-1-1", "2-2-8"])
+def test_compiled_subln(arch, spec):
+    """SubLN's LayerNorm inside out_proj and fc2 runs in the C too."""
+    from minitbt.quant import QuantRecipe
+    src = _tiny_src(5)
+    q = quantize(_tiny(arch, 5), QuantRecipe.parse(spec, subln=True)).eval()
+    rng = np.random.default_rng(5)
+    for name, prm in q.named_parameters():
+        if "input_norm" in name:
+            prm.data[:] = rng.uniform(0.5, 1.5, prm.data.shape) if name.endswith("weight") else rng.normal(0, .1, prm.data.shape)
+    with no_grad():
+        q(src, src[:, :5])
+    _check_model(pack_model(q), src, 12, eight_bit=spec.endswith("-8"))

@@ -194,3 +194,30 @@ def test_shipped_qat_model_packed_greedy_identical(path):
     data = Seq2SeqData.from_task(task, "test", load_tokenizer(task), max_src_len=48, max_tgt_len=48, limit=50)
     src = data.collate(np.arange(50)).src
     assert greedy(q, src, 40) == greedy(pack_model(q), src, 40)
+
+
+@pytest.mark.parametrize("spec", ["2-2-2", "1-1-1", "2-2-8"])
+def test_subln_packs_saves_and_reproduces_fake_quant(spec, tmp_path):
+    """SubLN (recipe option subln): the LayerNorm inside out_proj and fc2 comes along into the
+    packed layers and their file; float64 logits equal the fake-quantized model's."""
+    from minitbt.quant import QuantRecipe
+    fp = build_model(vocab_size=300, d_model=64, n_heads=4, d_ff=128, n_encoder_layers=2, n_decoder_layers=2,
+                     max_len=40, dropout=0.0, seed=3)
+    q = quantize(fp, QuantRecipe.parse(spec, subln=True)).eval()
+    q.to_dtype(np.float64)
+    src, tgt = _batch(3)
+    rng = np.random.default_rng(3)
+    for name, prm in q.named_parameters():             # a trained-looking SubLN, not the identity affine
+        if "input_norm" in name:
+            prm.data[:] = rng.uniform(0.5, 1.5, prm.data.shape) if name.endswith("weight") else rng.normal(0, .1, prm.data.shape)
+    p = pack_model(q)
+    assert p.decoder[0].ffn.fc2.input_norm is not None and p.encoder[0].self_attn.out_proj.input_norm is not None
+    with no_grad():
+        ref, out = q(src, tgt).data, p(src, tgt).data
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-9 * np.abs(ref).max())
+    q32 = quantize(fp, QuantRecipe.parse(spec, subln=True)).eval()
+    q32.load_state_dict({k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in q.state_dict().items()})
+    save_packed(str(tmp_path / "s.npz"), pack_model(q32))
+    back, _ = load_packed(str(tmp_path / "s.npz"))
+    with no_grad():
+        np.testing.assert_array_equal(back(src, tgt).data, pack_model(q32)(src, tgt).data)

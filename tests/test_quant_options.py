@@ -95,7 +95,7 @@ def test_options_reach_their_quantizers():
 
 @pytest.mark.parametrize("spec,options", [("1-1-1", dict(lsq_grad_scale=True, elastic_init="code", binary_zero="zero")),
                                           ("2-2-8", dict(a8_unsigned="minmax")), ("paretoq-1-1-1", {}),
-                                          ("bit-1-1-1", dict(lsq_grad_scale=True))])
+                                          ("bit-1-1-1", dict(lsq_grad_scale=True)), ("2-2-2", dict(subln=True))])
 def test_options_survive_a_checkpoint(spec, options, tmp_path):
     from minitbt.model_io import load_model, save_model
     m = Q.quantize_model(tiny(1), spec, **options).eval()
@@ -335,3 +335,18 @@ def test_packed_equals_fake_quant(spec, options, kernels, tmp_path):
     assert all(meta["quant"][k] == v for k, v in options.items())
     with no_grad():
         np.testing.assert_array_equal(p2(src, tgt).data, p32(src, tgt).data)
+
+
+def test_subln_places_a_layer_norm_before_out_proj_and_fc2():
+    """BitDistill's SubLN: out_proj's and fc2's inputs are normalised before their quantizers, and
+    fc2's input, no longer a ReLU output, gets a signed quantizer."""
+    from minitbt.nn.layers import LayerNorm
+    m = Q.quantize_model(tiny(1), "2-2-2", subln=True)
+    for attn in m.attention_modules():
+        assert isinstance(attn.out_proj.input_norm, LayerNorm)
+        assert all(getattr(attn, n).input_norm is None for n in ("q_proj", "k_proj", "v_proj"))
+    for layer in list(m.encoder) + list(m.decoder):
+        assert isinstance(layer.ffn.fc2.input_norm, LayerNorm) and layer.ffn.fc1.input_norm is None
+        assert layer.ffn.fc2.input_quantizer.signed
+    plain = Q.quantize_model(tiny(1), "2-2-2")
+    assert plain.decoder[0].ffn.fc2.input_norm is None and not plain.decoder[0].ffn.fc2.input_quantizer.signed

@@ -318,6 +318,13 @@ def test_recipe_logits_gradients_and_scale_init(recipe, variant):
         np.testing.assert_allclose(back[key], arr, rtol=1e-13, atol=0, err_msg=key)
 
 
+@pytest.mark.parametrize("spec", ["2-2-2", "1-1-1"])
+def test_subln_logits_gradients_and_scale_init(spec):
+    """SubLN (the LayerNorm inside out_proj and fc2) converts like the rest."""
+    from minitbt.quant import QuantRecipe
+    test_recipe_logits_gradients_and_scale_init(QuantRecipe.parse(spec, subln=True), {})
+
+
 def test_per_layer_ffn_widths_convert():
     """A config with one FFN width per layer (a pruned model) converts both ways."""
     from minitbt.nn import TransformerConfig

@@ -87,7 +87,13 @@ def _dequantized(layer: PackedLinear) -> np.ndarray:
 
 
 def _linear(layer, where: str, float_weights: bool) -> dict:
-    """One linear layer as the fields of tbt_linear."""
+    """One linear layer as the fields of tbt_linear (SubLN's LayerNorm included)."""
+    out = _linear_body(layer, where, float_weights)
+    out["in_norm"] = _norm(getattr(layer, "input_norm", None))
+    return out
+
+
+def _linear_body(layer, where, float_weights):
     if type(layer) is Linear:
         return _float_linear(layer.in_features, layer.out_features, layer.weight.data,
                              None if layer.bias is None else layer.bias.data, None, where)

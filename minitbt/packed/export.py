@@ -79,7 +79,7 @@ def load_packed(path: str):
                 new = PackedEmbedding(arrays["weight"], arrays["codes"], arrays["row_scale"], arrays["row_offset"])
             else:
                 new = PackedLinear(old.in_features, old.out_features, desc["kind"], arrays, arrays.get("bias"),
-                                   old.input_quantizer)
+                                   old.input_quantizer, old.input_norm)
                 if new.kernel != desc["kernel"]:
                     raise ValueError(f"{name}: the header says kernel {desc['kernel']!r}, its codes give {new.kernel!r}")
             setattr(modules[parent] if parent else model, attr, new)

@@ -36,11 +36,13 @@ class PackedLinear(Module):
     with only c_x . c_w on the kernel (docs/kernels.md section 1).
     """
 
-    def __init__(self, in_features, out_features, kind, weights: dict, bias=None, input_quantizer=None):
+    def __init__(self, in_features, out_features, kind, weights: dict, bias=None, input_quantizer=None,
+                 input_norm=None):
         super().__init__()
         self.in_features, self.out_features, self.kind = in_features, out_features, kind
         self.bias = None if bias is None else Parameter(np.asarray(bias), requires_grad=False)
         self.input_quantizer = input_quantizer
+        self.input_norm = input_norm                      # SubLN's LayerNorm (QuantLinear.input_norm) or None
         for name in WEIGHT_ARRAYS[kind]:
             self.register_buffer(name, np.asarray(weights[name]))
         self.kernel = choose_kernel(input_quantizer, kind)
@@ -63,7 +65,7 @@ class PackedLinear(Module):
         else:
             kind, weights = "dense", {"w_dense": qlinear.quantized_weight().astype(np.float32)}
         bias = None if qlinear.bias is None else qlinear.bias.data
-        return cls(qlinear.in_features, N, kind, weights, bias, qlinear.input_quantizer)
+        return cls(qlinear.in_features, N, kind, weights, bias, qlinear.input_quantizer, qlinear.input_norm)
 
     # ---- the weight layout the kernel reads, prepared once ------------------------------
     def _prepare(self):
@@ -92,6 +94,8 @@ class PackedLinear(Module):
 
     # ---- forward ------------------------------------------------------------------
     def forward(self, x):                                                   # (..., K) -> (..., N)
+        if self.input_norm is not None:                                     # SubLN
+            x = self.input_norm(x if isinstance(x, Tensor) else Tensor(np.asarray(x)))
         xd = x.data if isinstance(x, Tensor) else np.asarray(x)
         lead, K, N = xd.shape[:-1], self.in_features, self.out_features
         dtype = np.float64 if xd.dtype == np.float64 else np.float32        # float64 for exactness checks

@@ -1,6 +1,7 @@
 """Quantized layers: a Linear and an Embedding that fake-quantize their weight (and input).
 
     QuantLinear:     y = q_x(x) q_W(W)^T + b       (bias full precision; both quantizers None = Linear)
+                     y = q_x(LN(x)) q_W(W)^T + b   with ``input_norm`` (SubLN, recipe option ``subln``)
     QuantEmbedding:  y = q_W(W)[ids]                (per-row quantizer: one scale per word vector)
 
 The latent full-precision weight stays the layer's ``.weight`` Parameter: the optimizer
@@ -12,33 +13,42 @@ from __future__ import annotations
 import numpy as np
 
 from minitbt import functional as F
-from minitbt.nn.layers import Embedding, Linear
+from minitbt.nn.layers import Embedding, LayerNorm, Linear
 from minitbt.nn.module import Parameter
 from minitbt.quant.base import QCodes
 from minitbt.tensor import no_grad
 
 
 class QuantLinear(Linear):
-    """Linear layer with a weight quantizer and an input (activation) quantizer, each optional."""
+    """Linear layer with a weight quantizer and an input (activation) quantizer, each optional.
+
+    ``input_norm`` (a LayerNorm over the input features, or None): BitDistill's SubLN (Wu et al.
+    2025), normalising what the input quantizer sees, so that its scale meets a stable range;
+    quantize_model adds it before out_proj and fc2 when the recipe says ``subln``."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, weight_quantizer=None,
-                 input_quantizer=None, rng=None):
+                 input_quantizer=None, rng=None, input_norm: bool = False):
         super().__init__(in_features, out_features, bias, rng)
         self.weight_quantizer = weight_quantizer
         self.input_quantizer = input_quantizer
+        self.input_norm = LayerNorm(in_features) if input_norm else None
 
     @classmethod
-    def from_linear(cls, linear: Linear, weight_quantizer=None, input_quantizer=None) -> "QuantLinear":
-        """A QuantLinear with a copy of ``linear``'s weight and bias."""
+    def from_linear(cls, linear: Linear, weight_quantizer=None, input_quantizer=None,
+                    input_norm: bool = False) -> "QuantLinear":
+        """A QuantLinear with a copy of ``linear``'s weight and bias (and a fresh ``input_norm``)."""
         q = cls.__new__(cls)
         Linear.__init__(q, linear.in_features, linear.out_features, bias=linear.bias is not None, rng=0)
         q.weight = Parameter(linear.weight.data)
         q.bias = Parameter(linear.bias.data) if linear.bias is not None else None
         q.weight_quantizer, q.input_quantizer = weight_quantizer, input_quantizer
+        q.input_norm = LayerNorm(linear.in_features) if input_norm else None
         q.train(linear.training)
         return q
 
     def forward(self, x):                                   # (..., in) -> (..., out)
+        if self.input_norm is not None:
+            x = self.input_norm(x)
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
         w = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)

@@ -28,7 +28,9 @@ and a method that picks the quantizer families:
 
 Options (QuantRecipe fields; the defaults keep the recipe of the shipped models; docs/quantization.md,
 "Released code vs paper: the options"): lsq_grad_scale, elastic_init, a8_unsigned, binary_zero,
-centre, weight_ste, shift_min, a8_per_token, a8_clip. ``QuantRecipe.parse_options("lsq_grad_scale=1,...")``
+centre, weight_ste, shift_min, a8_per_token, a8_clip; subln (BitDistill's SubLN, Wu et al. 2025: a
+LayerNorm on the inputs of out_proj and fc2, inside their QuantLinear, before the input quantizer;
+fc2's input is then signed). ``QuantRecipe.parse_options("lsq_grad_scale=1,...")``
 reads them from text (the training option --quant-options).
 
 Frequency-aware embedding bits (Chung et al. 2020, method bcq): ``embed_schedule="4:0.05/2:0.2/1"``
@@ -141,6 +143,7 @@ class QuantRecipe:
     elastic_init: str = "levels"    # first-batch a: Qp of the levels in use; "code": the released rule
     a8_unsigned: str = "symmetric"  # A8 at probabilities and fc2's input: SymmetricA8; "minmax": 255 levels
     binary_zero: str = "plus"       # signed 1-bit activations: exact 0 -> +a; "zero": -> 0 (code; no packing)
+    subln: bool = False             # BitDistill's SubLN: a LayerNorm before out_proj's and fc2's input quantizers
     embed_schedule: str = ""        # bcq: frequency-aware embedding bits, e.g. "4:0.05/2:0.2/1" ("": E bits for all)
     name: str = field(default="")
 
@@ -307,13 +310,14 @@ def quantize_model(model, recipe="2-2-8", method: str = None, inplace: bool = Fa
         if isinstance(mod, MultiHeadAttention):
             for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
                 lin = getattr(mod, name)
-                setattr(mod, name, _quant_linear(lin, r, signed=True))
+                setattr(mod, name, _quant_linear(lin, r, signed=True, norm=r.subln and name == "out_proj"))
             ch = mod.d_head
             mod.q_quant, mod.k_quant, mod.v_quant = (r.act_quantizer(True, ch) for _ in range(3))
             mod.p_quant = r.act_quantizer(False, None, probabilities=True)
         elif isinstance(mod, FeedForward):
             mod.fc1 = _quant_linear(mod.fc1, r, signed=True)
-            mod.fc2 = _quant_linear(mod.fc2, r, signed=False)     # input after the ReLU: non-negative
+            # input after the ReLU: non-negative; after a SubLN LayerNorm: signed
+            mod.fc2 = _quant_linear(mod.fc2, r, signed=r.subln, norm=r.subln)
     emb = getattr(qm, "embed", None)
     if isinstance(emb, Embedding) and not isinstance(emb, QuantEmbedding):
         qm.embed = QuantEmbedding.from_embedding(emb, r.weight_quantizer(r.embed_bits, embedding=True,
@@ -324,11 +328,11 @@ def quantize_model(model, recipe="2-2-8", method: str = None, inplace: bool = Fa
     return qm
 
 
-def _quant_linear(lin: Linear, r: QuantRecipe, signed: bool) -> QuantLinear:
+def _quant_linear(lin: Linear, r: QuantRecipe, signed: bool, norm: bool = False) -> QuantLinear:
     if isinstance(lin, QuantLinear):
         raise ValueError("the model is already quantized")
     return QuantLinear.from_linear(lin, r.weight_quantizer(r.weight_bits, rows=lin.out_features),
-                                   r.act_quantizer(signed, lin.in_features))
+                                   r.act_quantizer(signed, lin.in_features), input_norm=norm)
 
 
 def quantizers(model):

@@ -58,6 +58,10 @@ def to_torch(path_or_model, dtype: torch.dtype = torch.float32, device=None) -> 
             raise NotImplementedError(f"{name}: minitbt.torch's model has no quantizer site there "
                                       f"({type(q).__name__} inside a {type(parent).__name__})")
         setattr(parent, attr, translate(q))
+    from minitbt.quant.layers import QuantLinear as MinitbtQuantLinear
+    for name, layer in model.named_modules():               # SubLN: the LayerNorm inside a QuantLinear
+        if isinstance(layer, MinitbtQuantLinear) and layer.input_norm is not None:
+            module.get_submodule(name).input_norm = torch.nn.LayerNorm(layer.in_features, eps=layer.input_norm.eps)
     module.quant_recipe = getattr(model, "quant_recipe", None)
     module.to(device=device, dtype=dtype)
     state = {name: torch.from_numpy(np.array(arr)) for name, arr in model.state_dict().items()}

@@ -38,8 +38,11 @@ class QuantLinear(nn.Module):
         nn.init.xavier_uniform_(self.weight)
         self.weight_quantizer = weight_quantizer
         self.input_quantizer = input_quantizer
+        self.input_norm = None                             # SubLN: an nn.LayerNorm before the input quantizer
 
     def forward(self, x):                                  # (..., in) -> (..., out)
+        if self.input_norm is not None:
+            x = self.input_norm(x)
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
         w = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
