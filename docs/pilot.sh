@@ -15,7 +15,8 @@
 # comes first; the learning rate decays linearly to 0 at STEPS, so set STEPS to about what one run
 # reaches in MINUTES (1,000 for the shipped d_model 128 teacher at 1-1-1; fewer for a wider one),
 # the same for every candidate. multistep-* starts from stage-* (run that first), seqkd-* from
-# seqkd-data. A candidate writes $OUT/<name>/ and $OUT/<name>.log (OUT=runs/pilot by default).
+# seqkd-data. A candidate writes $OUT/<name>/ and $OUT/<name>.log (OUT=runs/pilot by default); one
+# that was cut off (its last.npz is there) continues with --resume when it is named again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -106,7 +107,11 @@ print(json.dumps(sequence_kd_task(sys.argv[1], 'data/ddtp-en-de', sys.argv[2], b
         seqkd-*)     [ -f "$SEQKD_TASK/task.json" ] || { echo "$name needs $SEQKD_TASK: run seqkd-data first" >&2; exit 2; } ;;
     esac
     mkdir -p "$OUT"
-    # shellcheck disable=SC2086
-    minitbt --threads 1 train $args --out "$OUT/$name" > "$OUT/$name.log" 2>&1
+    if [ -f "$OUT/$name/last.npz" ]; then             # cut off earlier: continue from its checkpoint
+        minitbt --threads 1 train --resume --out "$OUT/$name" >> "$OUT/$name.log" 2>&1
+    else
+        # shellcheck disable=SC2086
+        minitbt --threads 1 train $args --out "$OUT/$name" > "$OUT/$name.log" 2>&1
+    fi
     tail -n 1 "$OUT/$name.log"
 done

@@ -57,7 +57,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     # bookkeeping
     eval_every: int = 200
-    eval_sentences: int = 200    # greedy-decoded validation sentences for the metric
+    eval_sentences: int = 200    # greedy-decoded validation sentences for the metric, spread over the split
     log_every: int = 10
     seed: int = 0
     init: str = ""               # start from this checkpoint's weights (a quantized student from its FP model)
@@ -163,8 +163,15 @@ def accumulate_gradients(model, batches, cfg: TrainConfig, teacher=None) -> floa
     return total
 
 
+def metric_sample(n_split: int, n: int) -> np.ndarray:
+    """min(n, n_split) indices spread evenly over a split of n_split sentences."""
+    n = min(n, n_split)
+    return np.unique(np.linspace(0, n_split - 1, n).round().astype(int)) if n > 0 else np.zeros(0, int)
+
+
 def validate(model, data: Seq2SeqData, tokenizer, kind: str, cfg: TrainConfig, n_sentences: int) -> dict:
-    """Validation loss (CE without smoothing) on the whole split; metric on its first n sentences."""
+    """Validation loss (CE without smoothing) on the whole split; metric on n sentences spread evenly
+    over it (sentences 0, k, 2k, ...: a split's first sentences can all be short)."""
     model.eval()
     total, count = 0.0, 0
     with no_grad():
@@ -175,12 +182,12 @@ def validate(model, data: Seq2SeqData, tokenizer, kind: str, cfg: TrainConfig, n
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b.tgt_out.reshape(-1),
                                      ignore_index=PAD).item() * n
             count += n
-    hyps = []
-    for lo in range(0, min(n_sentences, len(data)), 32):
-        b = data.collate(np.arange(lo, min(lo + 32, n_sentences, len(data))))
+    hyps, pick = [], metric_sample(len(data), n_sentences)
+    for lo in range(0, len(pick), 32):
+        b = data.collate(pick[lo: lo + 32])
         hyps += [decode(tokenizer, ids) for ids in greedy(model, b.src, max_len=cfg.max_tgt_len)]
     model.train()
-    scores = metrics.score(kind, hyps, data.targets[: len(hyps)])
+    scores = metrics.score(kind, hyps, [data.targets[i] for i in pick])
     return {"valid_loss": round(total / max(count, 1), 4), **{k: v for k, v in scores.items() if k != "bleu_signature"}}
 
 
