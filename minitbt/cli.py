@@ -108,7 +108,8 @@ def _decoding_args(p, default_model):
     p.add_argument("--max-len", type=int, default=None,
                    help="longest output in tokens (default: the model's training target length, else 64)")
     p.add_argument("--packed", action="store_true",
-                   help="run the packed (bit-kernel) model, on the compiled decoder where it was built")
+                   help="run the packed (bit-kernel) model on the compiled decoder where it was built (a float "
+                        "model runs there as float)")
     p.add_argument("--numpy", action="store_true", help="with --packed: the NumPy packed model (the reference)")
     p.add_argument("--tokenizer", default=None, help="task folder with tokenizer.json (default: from the model)")
 

@@ -51,9 +51,17 @@ def _load(args, kind: str):
     from minitbt.data import load_tokenizer
     from minitbt.model_io import load_model, tokenizer_from_header
     if getattr(args, "packed", False):
+        from minitbt import checkpoint
         from minitbt.packed import load_packed_or_pack
         from minitbt.packed.compiled import HAVE_DECODER, NotCompilable, compile_model
-        model, meta = load_packed_or_pack(args.model)
+        _, header, _ = checkpoint.load(args.model)
+        if header.get("quant") or header.get("packed"):
+            model, meta = load_packed_or_pack(args.model)
+        elif HAVE_DECODER:                  # a float model has nothing to pack: the compiled decoder runs it
+            model, meta = load_model(args.model)
+        else:
+            raise ValueError(f"{args.model} is a float model: --packed needs a quantized one "
+                             f"(or the compiled decoder, which was not built)")
         if HAVE_DECODER and not getattr(args, "numpy", False):   # the compiled decoder, C (minitbt/_decoder.h)
             try:
                 model = compile_model(model)

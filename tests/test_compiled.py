@@ -205,3 +205,19 @@ def test_compiled_subln(arch, spec):
     with no_grad():
         q(src, src[:, :5])
     _check_model(pack_model(q), src, 12, eight_bit=spec.endswith("-8"))
+
+
+def test_cli_packed_runs_the_compiled_decoder(capsys):
+    """--packed runs the compiled decoder (a float model too); --numpy the NumPy packed model;
+    the translations agree."""
+    from minitbt.cli import main
+    text = "Library for reading and writing image files"
+    outs = {}
+    for model, extra in (("ddtp-en-de-2-2-8", []), ("ddtp-en-de-2-2-8", ["--numpy"]), ("ddtp-en-de-fp", []),
+                         ("ddtp-en-de-fp", None)):
+        path = os.path.join(ROOT, "models", f"{model}.npz")
+        flags = [] if extra is None else ["--packed", *extra]
+        assert main(["translate", "--model", path, *flags, text]) == 0
+        outs[(model, str(extra))] = capsys.readouterr().out.strip()
+    assert outs[("ddtp-en-de-2-2-8", "[]")] == outs[("ddtp-en-de-2-2-8", "['--numpy']")] != ""
+    assert outs[("ddtp-en-de-fp", "[]")] == outs[("ddtp-en-de-fp", "None")] != ""
