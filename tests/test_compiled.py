@@ -38,12 +38,15 @@ def _reference_logits(model, src_ids, tokens):
         return model.decode(np.asarray(tokens)[None], memory, pad).data[0]
 
 
-def _check_model(p, src, max_len, eight_bit, tight=TIGHT):
-    """Compile the packed model p and compare greedy tokens and teacher-forced logits on src."""
+def _check_model(p, src, max_len, eight_bit, tight=TIGHT, n_logits=10):
+    """Compile the packed model p and compare greedy tokens on src, and teacher-forced logits on
+    its first n_logits sources (and on every source whose tokens differ)."""
     fast = compile_model(p)
     ours, ref = fast.greedy(src, max_len), greedy(p, src, max_len)
     worst = 0.0
     for i, row in enumerate(src):
+        if i >= n_logits and ours[i] == ref[i]:
+            continue
         ids = row[row != p.config.pad_id]
         toks = np.array([BOS] + ref[i], dtype=np.int32)
         lc, ln = fast.step_logits(ids, toks), _reference_logits(p, ids, toks)
@@ -92,7 +95,7 @@ def test_compiled_greedy_equals_numpy_on_50_test_sentences(spec, test_sources):
 
 def test_compiled_beam_equals_numpy_beam(test_sources):
     p = pack_model(_preset_model("1-1-1", test_sources))
-    src = test_sources[:6]
+    src = test_sources[:3]
     assert compile_model(p).beam_search(src, 4, 30) == beam_search(p, src, 4, 30)
 
 
