@@ -40,6 +40,9 @@ cdef extern from "_bitops.h" nogil:
     int tbt_signadd_f32(const float *x, int M, int K, const uint8_t *idx, int N,
                         float *out, int threads)
 
+cdef extern from "_quantize.h" nogil:
+    float tbt_quantize_row_i8(const float *x, int K, float clip, float qp, float tol, float tiny, int8_t *codes)
+
 cdef extern from "_lut.h" nogil:
     int tbt_bcq_lut_f32(const float *x, int M, int K, const uint32_t *lut, const float *scale,
                         int k, int N, float *out, int threads, int scalar)
@@ -169,41 +172,16 @@ def signadd_f32(cnp.ndarray x, cnp.ndarray idx, int N, cnp.ndarray out, int thre
 def quantize_rows_i8(cnp.ndarray x, float clip, float qp, float tol, float tiny,
                      cnp.ndarray codes, cnp.ndarray scale):
     """Signed per-token min-max quantization of x (M, K) float32 into codes (M, K) int8 and a
-    scale (M,) float32 per row: the equations of minitbt.kernels.quantize.quantize_rows_i8_ref (SymmetricA8,
-    PerTokenAbsMax), operation for operation in float32, so the codes are identical:
-
-        X_c = clip(X, -clip, clip)   (no clip when clip <= 0)
-        a   = max(max_k |X_c| / Qp, tiny)
-        u   = X_c / a;  b = floor(u) + 1/2;  u = b if |u - b| < tol   (a near-tie snapped onto it)
-        code = rint(u)               (round half to even; |u| <= Qp, so no clip is needed)
-
-    One pass for the maximum, one for the codes; no temporaries (NumPy needs about ten calls)."""
-    cdef int M = x.shape[0], K = x.shape[1], m, k
+    scale (M,) float32 per row: tbt_quantize_row_i8 (minitbt/_quantize.h, which the compiled
+    decoder uses too), the equations of minitbt.kernels.quantize.quantize_rows_i8_ref operation
+    for operation in float32, so the codes are identical."""
+    cdef int M = x.shape[0], K = x.shape[1], m
     cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
     cdef int8_t *cp = <int8_t *>cnp.PyArray_DATA(codes)
     cdef float *sp = <float *>cnp.PyArray_DATA(scale)
-    cdef const float *row
-    cdef float v, mx, a, u, b
     with nogil:
         for m in range(M):
-            row = xp + <size_t>m * K
-            mx = 0
-            for k in range(K):
-                v = row[k]
-                if clip > 0:
-                    v = fminf(fmaxf(v, -clip), clip)
-                mx = fmaxf(mx, fabsf(v))
-            a = fmaxf(mx / qp, tiny)
-            sp[m] = a
-            for k in range(K):
-                v = row[k]
-                if clip > 0:
-                    v = fminf(fmaxf(v, -clip), clip)
-                u = v / a
-                b = floorf(u) + 0.5
-                if fabsf(u - b) < tol:
-                    u = b
-                cp[<size_t>m * K + k] = <int8_t>rintf(u)
+            sp[m] = tbt_quantize_row_i8(xp + <size_t>m * K, K, clip, qp, tol, tiny, cp + <size_t>m * K)
 
 
 def bcq_lut_f32(cnp.ndarray x, cnp.ndarray lut, cnp.ndarray scale, int N, cnp.ndarray out,

@@ -40,6 +40,7 @@
 #include <time.h>
 
 #include "_bitops.h"
+#include "_quantize.h"
 
 /* Where the time goes (minitbt.packed.speed.step_profile): with tbt_profiling on, each region
  * ends with tbt_mark(part), which adds the time since the previous mark to that part. */
@@ -163,8 +164,8 @@ static inline int tbt_sign_ties(float u)      /* sign(u), +1 at 0 and inside the
 
 static inline float tbt_clampf(float v, float lo, float hi) { return fminf(fmaxf(v, lo), hi); }
 
-/* x (n,) -> c (n,), *a, *o with x_q = a c + o */
-static void tbt_quant_row(const tbt_quant *q, const float *x, int n, int32_t *c, float *a, float *o)
+/* x (n,) -> c (n,), *a, *o with x_q = a c + o   (c8: n bytes of work memory) */
+static void tbt_quant_row(const tbt_quant *q, const float *x, int n, int32_t *c, int8_t *c8, float *a, float *o)
 {
     const int lo = q->is_signed ? -q->qp : 0;
     *o = 0.0f;
@@ -191,6 +192,14 @@ static void tbt_quant_row(const tbt_quant *q, const float *x, int n, int32_t *c,
             const float u = (x[i] - q->b) / q->a;
             c[i] = q->is_signed ? tbt_sign_ties(u) : (int32_t)tbt_clampf(tbt_round_ties(u, 1.0f), 0.0f, 1.0f);
         }
+    } else if (q->is_signed && q->bits >= 2 && q->qp <= 127) {
+        /* min-max per token, signed k bits (SymmetricA8, PerTokenAbsMax): minitbt/_quantize.h, the
+         * C of kernels.quantize_rows_i8 (window 256 ulps of Qp >= |u|); a zero row gets a = 1 */
+        *a = tbt_quantize_row_i8(x, n, q->clip, (float)q->qp, TBT_TIE_ULPS * FLT_EPSILON * (float)q->qp,
+                                 FLT_TRUE_MIN, c8);
+        int any = 0;
+        for (int i = 0; i < n; i++) { c[i] = c8[i]; any |= c8[i]; }
+        if (*a == FLT_TRUE_MIN && !any) *a = 1.0f;
     } else {
         /* min-max per token: x_c = clip(x, -clip, clip);  a = max|x_c| / Qp (unsigned: max x_c / Qp),
          * c = round(x_c / a);  signed 1 bit: a = mean|x_c|, c = sign(x_c / a);  a = 1 for a zero row */
@@ -217,11 +226,11 @@ static void tbt_quant_row(const tbt_quant *q, const float *x, int n, int32_t *c,
 }
 
 /* x (n,) <- a c + o: the fake-quantized row (the attention states) */
-static void tbt_fake_quant_row(const tbt_quant *q, float *x, int n, int32_t *c)
+static void tbt_fake_quant_row(const tbt_quant *q, float *x, int n, int32_t *c, int8_t *c8)
 {
     float a, o;
     if (q->kind == TBT_Q_NONE) return;
-    tbt_quant_row(q, x, n, c, &a, &o);
+    tbt_quant_row(q, x, n, c, c8, &a, &o);
     for (int i = 0; i < n; i++) x[i] = (float)c[i] * a + o;
 }
 
@@ -341,7 +350,7 @@ static int tbt_linear_forward(const tbt_linear *L, const float *x, int M, float 
         if (L->in.kind != TBT_Q_NONE) {              /* x_q = a c + o, then a float matmul */
             float *xq = (float *)s->planes;          /* big enough: 8 M W words >= M K floats */
             memcpy(xq, x, (size_t)M * K * sizeof(float));
-            for (int m = 0; m < M; m++) tbt_fake_quant_row(&L->in, xq + (size_t)m * K, K, s->codes);
+            for (int m = 0; m < M; m++) tbt_fake_quant_row(&L->in, xq + (size_t)m * K, K, s->codes, s->codes_i8);
             xin = xq;
         }
         tbt_mark(TBT_T_QUANT);
@@ -362,7 +371,8 @@ static int tbt_linear_forward(const tbt_linear *L, const float *x, int M, float 
     } else {
         /* c_x, s_x, o_x per row (the input quantizer's codes()) */
         for (int m = 0; m < M; m++)
-            tbt_quant_row(&L->in, x + (size_t)m * K, K, s->codes + (size_t)m * K, &s->sx[m], &s->ox[m]);
+            tbt_quant_row(&L->in, x + (size_t)m * K, K, s->codes + (size_t)m * K, s->codes_i8 + (size_t)m * K,
+                          &s->sx[m], &s->ox[m]);
         tbt_mark(TBT_T_QUANT);
         if (L->kernel == TBT_K_INT8) {
             /* dot[m][n] = sum_k c_x[m][k] c_w[n][k], c_w in {-1, 0, 1}: +c_x, 0 or -c_x per term */
@@ -429,6 +439,7 @@ typedef struct {
     float *p;                /* (max_len) one row of probabilities */
     float *h;                /* (M, d_ff) FFN hidden */
     int32_t *c;              /* (max(d, max_len)) codes of one fake-quantized row */
+    int8_t *c8;              /* the same as int8 (work memory of the 8-bit quantizer) */
 } tbt_work;
 
 /*
@@ -454,7 +465,7 @@ static void tbt_attend_row(const tbt_attn *A, int H, int dh, const float *q, con
         for (int j = 0; j < Tk; j++) { p[j] = expf(p[j] - mx); sum += p[j]; }
         const float inv = (float)sum;
         for (int j = 0; j < Tk; j++) p[j] /= inv;
-        tbt_fake_quant_row(&A->pq, p, Tk, w->c);
+        tbt_fake_quant_row(&A->pq, p, Tk, w->c, w->c8);
         float *oh = o + h * dh;
         for (int i = 0; i < dh; i++) oh[i] = 0;
         for (int j = 0; j < Tk; j++) {
@@ -473,7 +484,7 @@ static int tbt_queries(const tbt_attn *A, const float *x, int M, int H, int dh, 
     if (tbt_linear_forward(&A->q, x, M, q, s) != 0) return -1;
     for (int i = 0; i < M * H; i++) {
         for (int j = 0; j < dh; j++) q[(size_t)i * dh + j] *= scale;
-        tbt_fake_quant_row(&A->qq, q + (size_t)i * dh, dh, w->c);
+        tbt_fake_quant_row(&A->qq, q + (size_t)i * dh, dh, w->c, w->c8);
     }
     tbt_mark(TBT_T_ATTN);
     return 0;
@@ -485,8 +496,8 @@ static int tbt_keys_values(const tbt_attn *A, const float *m, int M, int H, int 
 {
     if (tbt_linear_forward(&A->k, m, M, k, s) != 0 || tbt_linear_forward(&A->v, m, M, v, s) != 0) return -1;
     for (int i = 0; i < M * H; i++) {
-        tbt_fake_quant_row(&A->kq, k + (size_t)i * dh, dh, w->c);
-        tbt_fake_quant_row(&A->vq, v + (size_t)i * dh, dh, w->c);
+        tbt_fake_quant_row(&A->kq, k + (size_t)i * dh, dh, w->c, w->c8);
+        tbt_fake_quant_row(&A->vq, v + (size_t)i * dh, dh, w->c, w->c8);
     }
     tbt_mark(TBT_T_ATTN);
     return 0;
@@ -560,8 +571,8 @@ static int tbt_state_new(const tbt_model *mdl, int S, int R, int T, tbt_state *s
         /* work: q, k, v, o, p, h, c */
         (size_t)Mx * d, (size_t)Mx * d, (size_t)Mx * d, (size_t)Mx * d, (size_t)Lmax,
         (size_t)Mx * mdl->d_ff_max, (size_t)(Lmax > Kmax ? Lmax : Kmax),
-        /* beam search's reorder buffer, SubLN's normalised input */
-        (size_t)R * T * d, (size_t)Mx * Kmax,
+        /* beam search's reorder buffer, SubLN's normalised input, w.c8 */
+        (size_t)R * T * d, (size_t)Mx * Kmax, (size_t)((Lmax > Kmax ? Lmax : Kmax) + 3) / 4,
     };
     const int n = (int)(sizeof(sizes) / sizeof(sizes[0]));
     size_t total = 0;
@@ -579,7 +590,7 @@ static int tbt_state_new(const tbt_model *mdl, int S, int R, int T, tbt_state *s
     st->s.codes = ptr[9]; st->s.codes_i8 = ptr[10]; st->s.planes = ptr[11]; st->s.dot = ptr[12];
     st->s.row_bias = ptr[13]; st->s.sx = ptr[14]; st->s.ox = ptr[15];
     st->w.q = ptr[16]; st->w.k = ptr[17]; st->w.v = ptr[18]; st->w.o = ptr[19]; st->w.p = ptr[20];
-    st->w.h = ptr[21]; st->w.c = ptr[22]; st->reorder = ptr[23]; st->s.xn = ptr[24];
+    st->w.h = ptr[21]; st->w.c = ptr[22]; st->reorder = ptr[23]; st->s.xn = ptr[24]; st->w.c8 = ptr[25];
     return 0;
 }
 
