@@ -188,20 +188,14 @@ cdef class Decoder:
 
     def greedy(self, src, int max_len, int min_len=0):
         """Token ids (without <bos>/<eos>) of the greedy output for one source (1-D ids)."""
-        s = np.ascontiguousarray(src, dtype=np.int32)
-        max_len = min(max_len, self.max_len)
-        out = np.zeros(max(1, max_len), dtype=np.int32)
-        cdef const int32_t *sp = <const int32_t *>cnp.PyArray_DATA(s)
-        cdef int32_t *op = <int32_t *>cnp.PyArray_DATA(out)
-        cdef int S = s.shape[0], n
-        with nogil:
-            n = tbt_greedy(&self.m, sp, S, max_len, min_len, op)
-        if n < 0:
-            raise MemoryError("minitbt._decoder: no memory for the decoding state")
-        return out[:n].tolist()
+        return self._search(src, 0, max_len, min_len, 1.0)
 
     def beam(self, src, int k, int max_len, int min_len=0, double alpha=1.0):
         """Token ids of the best beam-search hypothesis for one source (1-D ids)."""
+        return self._search(src, k, max_len, min_len, alpha)
+
+    def _search(self, src, int k, int max_len, int min_len, double alpha):
+        """tbt_greedy (k = 0) or tbt_beam with k beams."""
         s = np.ascontiguousarray(src, dtype=np.int32)
         max_len = min(max_len, self.max_len)
         out = np.zeros(max(1, max_len), dtype=np.int32)
@@ -209,7 +203,10 @@ cdef class Decoder:
         cdef int32_t *op = <int32_t *>cnp.PyArray_DATA(out)
         cdef int S = s.shape[0], n
         with nogil:
-            n = tbt_beam(&self.m, sp, S, k, max_len, min_len, alpha, op)
+            if k == 0:
+                n = tbt_greedy(&self.m, sp, S, max_len, min_len, op)
+            else:
+                n = tbt_beam(&self.m, sp, S, k, max_len, min_len, alpha, op)
         if n < 0:
             raise MemoryError("minitbt._decoder: no memory for the decoding state")
         return out[:n].tolist()
