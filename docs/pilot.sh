@@ -33,11 +33,31 @@ SEQKD_BEAM=${SEQKD_BEAM:-1}
 BASE="--preset small --task data/ddtp-en-de --teacher $TEACHER --init $TEACHER --lr $LR --warmup $WARMUP \
       --max-steps $STEPS --max-minutes $MINUTES --eval-every 250 --eval-sentences $EVAL_SENTENCES"
 
+# Round 2: each candidate adds one change to round 1's winner, lsq-clipsep (LSQ's 1/sqrt(N Qp) scale
+# gradient, the scales clipped apart from the weights); its name is lc+<change>-E-W-A.
+LC="--quant-options lsq_grad_scale=1 --clip-scales separate"
+r2() {
+    local change=${1%-[0-9]-[0-9]-[0-9]} bits=$2
+    case "$change" in
+        subln)     echo "$BASE --quant $bits ${LC/lsq_grad_scale=1/lsq_grad_scale=1,subln=1}" ;;
+        bit)       echo "$BASE --quant bit-$bits $LC" ;;
+        paretoq)   echo "$BASE --quant paretoq-$bits $LC" ;;
+        code)      echo "$BASE --quant tbt-code-$bits $LC" ;;
+        seqkd)     echo "${BASE/--task data\/ddtp-en-de/--task $SEQKD_TASK} --quant $bits $LC" ;;
+        kdt2)      echo "$BASE --quant $bits $LC --kd-temperature 2" ;;
+        lrhi)      echo "${BASE/--lr $LR/--lr 1e-3} --quant $bits $LC" ;;
+        long)      local b=${BASE/--max-minutes $MINUTES/--max-minutes $((2 * MINUTES))}
+                   echo "${b/--max-steps $STEPS/--max-steps $((2 * STEPS))} --quant $bits $LC" ;;
+        *) return 1 ;;
+    esac
+}
+
 # candidate -> its flags (the bits, E-W-A, are the candidate's suffix)
 flags() {
     local name=$1 bits
     bits=$(echo "$name" | grep -o '[0-9]-[0-9]-[0-9]$') || return 1
     case "$name" in
+        lc+*)           r2 "${name#lc+}" "$bits" ;;                                        # round 2, below
         tbt-*)          echo "$BASE --quant $bits" ;;                                       # the default (paper)
         lsq-clipsep-*)  echo "$BASE --quant $bits --quant-options lsq_grad_scale=1 --clip-scales separate" ;;
         lsq-*)          echo "$BASE --quant $bits --quant-options lsq_grad_scale=1" ;;     # LSQ's 1/sqrt(N Qp)
@@ -62,7 +82,10 @@ flags() {
 CANDIDATES="tbt-2-2-2 lsq-2-2-2 clipsep-2-2-2 lsq-clipsep-2-2-2 code-2-2-2 seqkd-2-2-2 stage-2-2-8 multistep-2-2-2
             paretoq-2-2-2 subln-2-2-2 kdt2-2-2-2 lrhi-2-2-2 lrlo-2-2-2 long-2-2-2
             tbt-1-1-1 lsq-1-1-1 clipsep-1-1-1 lsq-clipsep-1-1-1 code-1-1-1 seqkd-1-1-1 stage-1-1-8 multistep-1-1-1
-            bit-1-1-1 paretoq-1-1-1 subln-1-1-1 kdt2-1-1-1 lrhi-1-1-1 lrlo-1-1-1 long-1-1-1"
+            bit-1-1-1 paretoq-1-1-1 subln-1-1-1 kdt2-1-1-1 lrhi-1-1-1 lrlo-1-1-1 long-1-1-1
+            lc+subln-2-2-2 lc+code-2-2-2 lc+paretoq-2-2-2 lc+seqkd-2-2-2 lc+kdt2-2-2-2 lc+lrhi-2-2-2 lc+long-2-2-2
+            lc+subln-1-1-1 lc+code-1-1-1 lc+bit-1-1-1 lc+paretoq-1-1-1 lc+seqkd-1-1-1 lc+kdt2-1-1-1 lc+lrhi-1-1-1
+            lc+long-1-1-1"
 
 table() {
     python - "$OUT" <<'EOF'
@@ -104,7 +127,7 @@ print(json.dumps(sequence_kd_task(sys.argv[1], 'data/ddtp-en-de', sys.argv[2], b
     case "$name" in
         multistep-*) stage="$OUT/stage-$(echo "$name" | sed 's/multistep-\([0-9]\)-\([0-9]\)-.*/\1-\2-8/')/best.npz"
                      [ -f "$stage" ] || { echo "$name starts from $stage: run stage-* first" >&2; exit 2; } ;;
-        seqkd-*)     [ -f "$SEQKD_TASK/task.json" ] || { echo "$name needs $SEQKD_TASK: run seqkd-data first" >&2; exit 2; } ;;
+        *seqkd-*)    [ -f "$SEQKD_TASK/task.json" ] || { echo "$name needs $SEQKD_TASK: run seqkd-data first" >&2; exit 2; } ;;
     esac
     mkdir -p "$OUT"
     if [ -f "$OUT/$name/last.npz" ]; then             # cut off earlier: continue from its checkpoint

@@ -2,7 +2,7 @@
 
     minitbt prepare   DIR --out data/mytask --kind translation   a user's parallel text -> a task folder
     minitbt train     --preset tiny --task data/ddtp-en-de --out runs/tiny [--resume] [--quant 2-2-8 --teacher CKPT]
-    minitbt eval      --model CKPT --task data/ddtp-en-de --split test [--beam 4] [--packed]
+    minitbt eval      --model CKPT --task data/ddtp-en-de --split test [--beam 4] [--packed] [--split-sentences]
     minitbt translate --model CKPT "An English sentence."         (reads standard input without text)
     minitbt summarize --model CKPT "A long description ..."
     minitbt seqkd     --teacher CKPT --task data/ddtp-en-de --out data/ddtp-en-de-seqkd   (Kim & Rush 2016)
@@ -111,6 +111,8 @@ def _decoding_args(p, default_model):
                    help="run the packed (bit-kernel) model on the compiled decoder where it was built (a float "
                         "model runs there as float)")
     p.add_argument("--numpy", action="store_true", help="with --packed: the NumPy packed model (the reference)")
+    p.add_argument("--split-sentences", action="store_true",
+                   help="decode each sentence of a text on its own and join the outputs (for paragraphs)")
     p.add_argument("--tokenizer", default=None, help="task folder with tokenizer.json (default: from the model)")
 
 

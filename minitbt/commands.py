@@ -134,9 +134,26 @@ def _read_texts(args) -> list:
 
 
 def _generate(model, tok, texts, args, max_src_len, max_len=64, batch_size=32):
-    """Decode a list of texts; greedy when --beam 1. The texts are decoded in batches of
-    similar source length (sorted, then put back in order): a batch then wastes little on
-    padding and stops as soon as its longest output ends."""
+    """Decode a list of texts; greedy when --beam 1. With --split-sentences each text is cut
+    into sentences (data.split_sentences), each sentence is decoded on its own, and a text's
+    outputs are joined with spaces. The pieces are decoded in batches of similar source length
+    (sorted, then put back in order): a batch then wastes little on padding and stops as soon
+    as its longest output ends."""
+    from minitbt.data import split_sentences
+    if getattr(args, "split_sentences", False):
+        owner, pieces = [], []
+        for i, text in enumerate(texts):
+            for sentence in split_sentences(text):
+                owner.append(i)
+                pieces.append(sentence)
+        joined = [[] for _ in texts]
+        for i, out in zip(owner, _generate_pieces(model, tok, pieces, args, max_src_len, max_len, batch_size)):
+            joined[i].append(out)
+        return [" ".join(o for o in outs if o) for outs in joined]
+    return _generate_pieces(model, tok, texts, args, max_src_len, max_len, batch_size)
+
+
+def _generate_pieces(model, tok, texts, args, max_src_len, max_len, batch_size):
     import numpy as np
     from minitbt.data import EOS, PAD, decode, encode
     from minitbt.decode import beam_search, greedy
@@ -145,7 +162,7 @@ def _generate(model, tok, texts, args, max_src_len, max_len=64, batch_size=32):
         if len(s) > max_src_len - 1 and getattr(args, "warn_long", True):
             print(f"warning: input {i + 1} has {len(s)} tokens; the model reads only its first {max_src_len - 1} "
                   f"(about {len(decode(tok, s[: max_src_len - 1]).split())} words): split long texts into "
-                  f"sentences", file=sys.stderr)
+                  f"sentences (--split-sentences)", file=sys.stderr)
     ids = [np.append(s[: max_src_len - 1], EOS) for s in encoded]
     order = np.argsort([len(s) for s in ids], kind="stable")
     out = [None] * len(ids)
@@ -224,7 +241,7 @@ def eval(args):
     with open(path, "w", encoding="utf-8") as f:
         f.write("".join(h + "\n" for h in hyps))
     print(json.dumps({"task": info["name"], "split": args.split, "n": len(hyps), "beam": args.beam,
-                      "max_len": max_len,
+                      "max_len": max_len, "split_sentences": bool(args.split_sentences),
                       "packed": bool(args.packed), "decode_seconds": round(seconds, 1), **scores,
                       "hypotheses": path}))
     return 0

@@ -7,6 +7,7 @@ Source:  ids + [eos].   Decoder input: [bos] + ids.   Decoder target: ids + [eos
 Padding uses id 0 (<pad>), which the loss ignores and the attention masks hide.
 """
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,17 @@ def same_tokenizer(a, b) -> bool:
 def encode(tokenizer, texts) -> list:
     """Token ids (no specials) of each text, as int32 arrays."""
     return [np.asarray(e.ids, dtype=np.int32) for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+
+# A sentence ends at . ! or ? followed by white space, except after "e.g." and "i.e.".
+_SENTENCE_END = re.compile(r"(?<=[.!?])(?<!e\.g\.)(?<!i\.e\.)\s+(?=\S)")
+
+
+def split_sentences(text: str) -> list:
+    """The sentences of a paragraph, for translating it one sentence at a time (the way the
+    training pairs mostly are: half of ddtp-en-de's training sources are 10 words or fewer).
+    "Run it. It works!" -> ["Run it.", "It works!"]; a text without a sentence end is one piece."""
+    return _SENTENCE_END.split(text.strip()) if text.strip() else [text]
 
 
 def decode(tokenizer, ids) -> str:

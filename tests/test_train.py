@@ -4,10 +4,12 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minitbt import checkpoint
 from minitbt.cli import main
-from minitbt.data import BOS, EOS, PAD, Seq2SeqData, load_tokenizer
+from minitbt.data import BOS, EOS, PAD, Seq2SeqData, load_tokenizer, split_sentences
 from minitbt.datasets import prepare_user_task
 from minitbt.decode import beam_search, greedy
 from minitbt.model_io import build_model, load_model
@@ -179,6 +181,38 @@ def test_batched_generation_keeps_order_and_outputs(task, tmp_path, monkeypatch)
     copy = lambda m, src, max_len, min_len=0: [[int(i) for i in row if i > EOS] for row in src]  # noqa: E731
     monkeypatch.setattr(minitbt.decode, "greedy", copy)
     assert _generate(model, tok, texts, args, max_src_len=16, max_len=10, batch_size=2) == texts
+    # --split-sentences: each sentence decoded alone, a text's outputs joined in order
+    split = Namespace(beam=1, min_len=0, split_sentences=True)
+    paragraphs = ["red cat runs. a tree! small bird sings", "tree", "the big blue dog sleeps? sings."]
+    copied = [" ".join(_generate(model, tok, split_sentences(p), args, 16, 10)) for p in paragraphs]
+    rows = []
+    monkeypatch.setattr(minitbt.decode, "greedy", lambda m, src, max_len, min_len=0: rows.append(len(src)) or
+                        copy(m, src, max_len))
+    assert _generate(model, tok, paragraphs, split, max_src_len=16, max_len=10, batch_size=2) == copied
+    assert sum(rows) == 6                          # 3 + 1 + 2 sentences, each its own source row
+    monkeypatch.undo()
+    one_by_one = [" ".join(o for o in _generate(model, tok, split_sentences(p), args, 16, 10) if o)
+                  for p in paragraphs]
+    assert _generate(model, tok, paragraphs, split, max_src_len=16, max_len=10) == one_by_one
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["red", "cat", "e.g.", "i.e.", "2.0", "runs.", "why?", "yes!", "...", " ", "\t"]),
+                max_size=12))
+def test_split_sentences_keeps_every_word(words):
+    """The sentences hold the text's words in order; each but the last ends with . ! or ?"""
+    text = " ".join(words)
+    pieces = split_sentences(text)
+    assert " ".join(pieces).split() == text.split()
+    assert all(p.rstrip()[-1] in ".!?" for p in pieces[:-1])
+    assert all(not p.endswith(("e.g.", "i.e.")) for p in pieces[:-1])
+
+
+def test_split_sentences_examples():
+    assert split_sentences("Run it. It works! Why?") == ["Run it.", "It works!", "Why?"]
+    assert split_sentences("Use e.g. vim or i.e. nano. Version 2.0 is out") == ["Use e.g. vim or i.e. nano.",
+                                                                               "Version 2.0 is out"]
+    assert split_sentences("no sentence end") == ["no sentence end"]
 
 
 def test_threads_flag_resizes_the_blas_pool(monkeypatch, capsys):
