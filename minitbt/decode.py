@@ -1,7 +1,8 @@
 """Greedy and beam-search decoding with the incremental KV cache.
 
-Works with any model that offers ``encode(src) -> (memory, src_pad)``, ``init_cache()`` and
-``decode(new_tokens, memory, src_pad, cache, offset) -> logits``: the training-time
+Works with any model that offers ``encode(src) -> (memory, src)``, ``init_cache()`` and
+``decode(new_tokens, memory, src, cache, offset) -> logits`` (``src``: whatever the model's decoder
+needs of the source beside its memory, one row per sentence): the training-time
 Seq2SeqTransformer (float or fake-quantized) and the packed model alike. Each step feeds
 only the newest token; the keys and values of earlier steps come from the cache.
 
@@ -26,13 +27,13 @@ def greedy(model, src: np.ndarray, max_len: int = 64, min_len: int = 0) -> list:
     B = src.shape[0]
     max_len = min(max_len, model.config.max_len)          # the position table's length
     with no_grad():
-        memory, src_pad = model.encode(src)
+        memory, src_rows = model.encode(src)
         cache = model.init_cache()
         token = np.full((B, 1), BOS, dtype=np.int32)
         out = np.full((B, max_len), PAD, dtype=np.int32)
         done = np.zeros(B, dtype=bool)
         for t in range(max_len):
-            logits = _logits(model.decode(token, memory, src_pad, cache, offset=t))[:, -1]   # (B, V)
+            logits = _logits(model.decode(token, memory, src_rows, cache, offset=t))[:, -1]   # (B, V)
             if t < min_len:
                 logits = logits.copy()
                 logits[:, EOS] = -np.inf
@@ -79,14 +80,14 @@ def beam_search(model, src: np.ndarray, beam_size: int = 4, max_len: int = 64, m
 def _beam_one(model, src, k, max_len, min_len, alpha):
     max_len = min(max_len, model.config.max_len)
     with no_grad():
-        memory, src_pad = model.encode(src)
+        memory, src_rows = model.encode(src)
         cache = model.init_cache()
         seqs = np.full((1, 0), PAD, dtype=np.int32)      # (beams, t)
         scores = np.zeros(1)                              # log p of each live beam
         token = np.full((1, 1), BOS, dtype=np.int32)
         finished = []                                     # (normalised score, ids)
         for t in range(max_len):
-            logits = _logits(model.decode(token, memory, src_pad, cache, offset=t))[:, -1].astype(np.float64)
+            logits = _logits(model.decode(token, memory, src_rows, cache, offset=t))[:, -1].astype(np.float64)
             logp = logits - logits.max(axis=-1, keepdims=True)
             logp -= np.log(np.exp(logp).sum(axis=-1, keepdims=True))   # (beams, V)
             if t < min_len:
@@ -116,13 +117,13 @@ def _beam_one(model, src, k, max_len, min_len, alpha):
             if t == 0:                                    # one beam became k: widen the memory once
                 memory = Tensor(np.repeat(memory.data, len(rows), axis=0)) if isinstance(memory, Tensor) \
                     else np.repeat(memory, len(rows), axis=0)
-                src_pad = np.repeat(src_pad, len(rows), axis=0)
+                src_rows = np.repeat(src_rows, len(rows), axis=0)
                 _reorder_cache(cache, rows)
             else:
                 _reorder_cache(cache, rows)
                 if len(rows) != memory.shape[0]:
-                    memory, src_pad = memory[: len(rows)] if not isinstance(memory, Tensor) \
-                        else Tensor(memory.data[: len(rows)]), src_pad[: len(rows)]
+                    memory, src_rows = memory[: len(rows)] if not isinstance(memory, Tensor) \
+                        else Tensor(memory.data[: len(rows)]), src_rows[: len(rows)]
             token = seqs[:, -1:]
         if not finished:                                  # max_len reached: score live beams
             finished = [(s / max(1, seqs.shape[1]) ** alpha, q.tolist()) for s, q in zip(scores, seqs)]

@@ -42,6 +42,7 @@ class TrainConfig:
     dropout: float = 0.1
     max_src_len: int = 64
     max_tgt_len: int = 64
+    copy: int = 0                # 1: a pointer-generator output that can copy source tokens (See et al. 2017)
     # optimisation
     batch_tokens: int = 3000
     accumulate: int = 1          # micro-batches per optimizer step: the gradient of one batch N times larger
@@ -89,6 +90,8 @@ class TrainConfig:
         need(self.clip_scales in ("global", "separate", "none"), "clip_scales", "must be global, separate or none")
         need(not self.quant_options or bool(self.quant), "quant_options", "needs --quant")
         need(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        need(self.copy in (0, 1), "copy", "must be 0 or 1")
+        need(not (self.copy and self.init), "copy", "sets up a new model: it cannot change the --init model's")
         need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
         need(self.decay in ("linear", "cosine", "constant"), "decay", "must be linear, cosine or constant")
         need(self.d_model % self.n_heads == 0, "d_model", f"must be divisible by --n-heads {self.n_heads}")
@@ -347,7 +350,7 @@ def _initial_model(cfg: TrainConfig, tokenizer):
         model = build_model(vocab_size=tokenizer.get_vocab_size(), d_model=cfg.d_model, n_heads=cfg.n_heads,
                             d_ff=cfg.d_ff, n_encoder_layers=cfg.n_layers, n_decoder_layers=cfg.n_layers,
                             dropout=cfg.dropout, max_len=max(cfg.max_src_len, cfg.max_tgt_len) + 1,
-                            seed=cfg.seed)
+                            seed=cfg.seed, copy=bool(cfg.copy))
     if cfg.quant:
         recipe = cfg.recipe()
         counts = None

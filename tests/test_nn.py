@@ -72,7 +72,7 @@ def test_causal_mask():
 
 # ---- the whole model -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("kw", [dict(), dict(pre_ln=True, positions="sinusoidal", activation="gelu",
-                                             tie_embeddings=False)])
+                                             tie_embeddings=False), dict(copy=True)])
 def test_seq2seq_loss_gradient(kw):
     cfg = tiny_config(**kw)
     model = nn.Seq2SeqTransformer(cfg).to_dtype(np.float64)
@@ -175,7 +175,7 @@ def test_tiny_seq2seq_overfits_a_copy_batch():
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(pre_ln=True), dict(positions="sinusoidal"),
-                                dict(pre_ln=True, positions="sinusoidal", activation="gelu_tanh")])
+                                dict(pre_ln=True, positions="sinusoidal", activation="gelu_tanh"), dict(copy=True)])
 def test_incremental_decoding_matches_full_forward(kw):
     cfg = tiny_config(d_model=16, n_heads=4, n_decoder_layers=2, n_encoder_layers=2, vocab_size=13,
                       max_len=12, **kw)
@@ -184,12 +184,48 @@ def test_incremental_decoding_matches_full_forward(kw):
     src, tgt = make_ids(rng, 3, 7, 13, pad_from=5), make_ids(rng, 3, 6, 13)
     with mt.no_grad():
         full = model(src, tgt).data                              # (B, T, V)
-        memory, src_pad = model.encode(src)
+        memory, src_rows = model.encode(src)
         cache = model.init_cache()
-        steps = [model.decode(tgt[:, t:t + 1], memory, src_pad, cache=cache, offset=t).data
+        steps = [model.decode(tgt[:, t:t + 1], memory, src_rows, cache=cache, offset=t).data
                  for t in range(tgt.shape[1])]
     assert cache[0]["self"]["k"].shape[2] == tgt.shape[1]        # one cached key per step
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5)
+
+
+def _copy_task_model(copy: bool, steps: int = 300):
+    """A 1 + 1 layer model trained to copy sources made of tokens 3..12 only."""
+    cfg = nn.TransformerConfig(vocab_size=20, d_model=32, n_heads=4, d_ff=64, n_encoder_layers=1,
+                               n_decoder_layers=1, max_len=16, dropout=0.0, seed=0, copy=copy)
+    model = nn.Seq2SeqTransformer(cfg)
+    rng = np.random.default_rng(0)
+    opt = mt.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    for _ in range(steps):
+        src = rng.integers(3, 13, (16, 6))
+        tgt_in = np.concatenate([np.full((16, 1), cfg.bos_id), src], 1)          # bos + copy
+        labels = np.concatenate([src, np.full((16, 1), cfg.eos_id)], 1)          # copy + eos
+        loss = F.cross_entropy(model(src, tgt_in).reshape(-1, 20), labels.reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+def test_pointer_generator_copies_tokens_it_never_produced():
+    """Trained to copy tokens 3..12, asked to copy tokens 13..19 (never a target, so the plain
+    model's output layer has learned to rule them out): only the pointer-generator (copy=True),
+    whose output can put its attention's mass on a source token, gets some of them right."""
+    rng = np.random.default_rng(1)
+    src = rng.integers(13, 20, (32, 6))
+    tgt_in = np.concatenate([np.full((32, 1), 1), src], 1)
+    acc = {}
+    for copy in (False, True):
+        model = _copy_task_model(copy)
+        with mt.no_grad():
+            out = model(src, tgt_in).data                            # (B, T, V)
+        if copy:                                                     # the output is log p: it sums to 1
+            np.testing.assert_allclose(np.exp(out).sum(-1), 1.0, rtol=1e-5)
+        acc[copy] = (out.argmax(-1)[:, :6] == src).mean()            # teacher-forced token accuracy
+    assert acc[True] >= acc[False] + 0.2, acc
 
 
 def test_too_long_sequence_is_a_clear_error():

@@ -399,6 +399,35 @@ def test_scaled_dot_product_attention(B, H, Tq, Tk, d, seed, masking):
     assert gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask), [q, k, v])
 
 
+@SETTINGS
+@given(B=st.integers(1, 2), T_=st.integers(1, 3), S=st.integers(1, 4), V=st.integers(1, 6), seed=seeds)
+def test_copy_mixture(B, T_, S, V, seed):
+    """The pointer-generator: p = g softmax(z) + (1 - g) (attention mass on each source token)."""
+    rng = np.random.default_rng(seed)
+    z, u, s = T(rng, (B, T_, V)), T(rng, (B, T_, 1)), T(rng, (B, T_, S))
+    ids = rng.integers(0, V, (B, S))                              # repeats: one word's mass adds up
+    a = np.exp(s.data) / np.exp(s.data).sum(-1, keepdims=True)
+    g = 1 / (1 + np.exp(-u.data))
+    q = np.exp(z.data) / np.exp(z.data).sum(-1, keepdims=True)
+    want = g * q
+    for b in range(B):                                             # the copy term, written out
+        for t in range(T_):
+            for j in range(S):
+                want[b, t, ids[b, j]] += (1 - g[b, t, 0]) * a[b, t, j]
+    y = F.copy_mixture(z, u, F.softmax(s), ids)
+    np.testing.assert_allclose(np.exp(y.data), want, rtol=1e-12)
+    np.testing.assert_allclose(np.exp(y.data).sum(-1), 1.0, rtol=1e-12)   # still a distribution
+    assert gradcheck(lambda z, u, s: F.copy_mixture(z, u, F.softmax(s), ids), [z, u, s])
+    raw = Tensor(rng.uniform(0.1, 1.0, (B, T_, S)), requires_grad=True)   # any positive attention
+    assert gradcheck(lambda a: F.copy_mixture(z, u, a, ids), [raw])
+
+
+def test_copy_mixture_shape_error():
+    z, u, a = Tensor(np.zeros((1, 2, 5))), Tensor(np.zeros((1, 2, 1))), Tensor(np.ones((1, 2, 3)) / 3)
+    with pytest.raises(ValueError, match="copy_mixture"):
+        F.copy_mixture(z, u, a, np.zeros((1, 4), int))
+
+
 # ---- float32 stays float32 ----------------------------------------------------------------------------
 def _f32_cases(rng):
     x = Tensor(rng.uniform(0.5, 1.5, (3, 4)).astype(np.float32), requires_grad=True)
@@ -416,6 +445,7 @@ def _f32_cases(rng):
         lambda x: F.scaled_dot_product_attention(x[None, None], x[None, None], x[None, None],
                                                  np.array([False, False, True])),
         lambda x: F.concatenate([x, x], 1) @ F.stack([x, x], 0).reshape(8, 3),
+        lambda x: F.copy_mixture(x[None], x[None, :, :1], F.softmax(x[None]), np.array([[0, 1, 1, 3]])),
     ]
 
 

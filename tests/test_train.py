@@ -13,7 +13,7 @@ from minitbt.data import BOS, EOS, PAD, Seq2SeqData, load_tokenizer, split_sente
 from minitbt.datasets import prepare_user_task
 from minitbt.decode import beam_search, greedy
 from minitbt.model_io import build_model, load_model
-from minitbt.train import config_from_preset, train
+from minitbt.train import TrainConfig, config_from_preset, train
 
 WORDS = "the a red blue green small big cat dog bird tree house runs sleeps sings".split()
 
@@ -161,6 +161,35 @@ def test_cli_train_eval_translate(task, tmp_path, capsys):
     assert rec["n"] == 5 and "bleu" in rec and os.path.exists(rec["hypotheses"])
     assert main(["translate", "--model", ck, "red cat"]) == 0
     assert main(["translate", "--model", ck, "--beam", "3", "red cat"]) == 0
+
+
+def test_cli_copy_model_trains_resumes_and_decodes(task, tmp_path, capsys):
+    """--copy 1 builds a pointer-generator; it checkpoints, resumes, evaluates, and --packed runs
+    it on the NumPy model (the compiled decoder has no copy output and says so)."""
+    out = tmp_path / "copy"
+    args = ["train", "--preset", "test", "--task", task, "--out", str(out), "--eval-every", "2",
+            "--eval-sentences", "2", "--copy", "1"]
+    assert main(args + ["--max-steps", "2"]) == 0
+    model, _ = load_model(str(out / "last.npz"))
+    assert model.config.copy and model.copy_gate is not None
+    assert main(["train", "--resume", "--out", str(out), "--allow-change", "max_steps", "--max-steps", "4"]) == 0
+    assert checkpoint.load(str(out / "last.npz"))[1]["train_state"]["step"] == 4
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out / "last.npz"), "--task", task, "--split", "valid", "--limit", "3",
+                 "--packed"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["n"] == 3
+    assert "pointer-generator" in captured.err
+    with pytest.raises(ValueError, match="--copy"):
+        TrainConfig(task=task, copy=1, init=str(out / "last.npz")).validate()
+    student = tmp_path / "copy-1-1-1"                   # a quantized copy student distilled from it
+    assert main(["train", "--preset", "test", "--task", task, "--out", str(student), "--max-steps", "2",
+                 "--eval-every", "2", "--eval-sentences", "2", "--quant", "1-1-1", "--init", str(out / "last.npz"),
+                 "--teacher", str(out / "last.npz")]) == 0
+    model, _ = load_model(str(student / "last.npz"))
+    assert model.copy_gate is not None and model.quant_recipe.act_bits == 1
+    assert main(["summary", "--model", str(student / "last.npz")]) == 0
+    assert "copy_gate" in capsys.readouterr().out
 
 
 def test_batched_generation_keeps_order_and_outputs(task, tmp_path, monkeypatch):

@@ -3,13 +3,13 @@
     arith.py   elementwise arithmetic, nonlinearities, matmul, linear
     reduce.py  sum, mean, max, var
     shape.py   reshape, permute, concatenate, stack, split, indexing, embedding
-    nn.py      softmax, log_softmax, layer_norm, dropout, losses, attention (fused)
+    nn.py      softmax, log_softmax, layer_norm, dropout, losses, attention, copy mixture (fused)
 
 Importing this module also gives Tensor its operators (+, -, *, /, @, **, [...]) and methods.
 """
 from minitbt.functional.arith import (abs, add, div, exp, gelu, linear, log, masked_fill, matmul, mul, neg,
                                       pow, relu, sigmoid, sqrt, sub, tanh, where)
-from minitbt.functional.nn import (cross_entropy, dropout, layer_norm, log_softmax, mse_loss,
+from minitbt.functional.nn import (copy_mixture, cross_entropy, dropout, layer_norm, log_softmax, mse_loss,
                                    scaled_dot_product_attention, soft_cross_entropy, softmax)
 from minitbt.functional.reduce import max, mean, sum, var
 from minitbt.functional.shape import concatenate, embedding, getitem, permute, reshape, split, stack, transpose

@@ -1,7 +1,8 @@
 """Neural-network ops with fused, analytic backward passes.
 
 softmax, log_softmax, layer_norm, dropout, cross_entropy (ignore_index, label smoothing),
-soft_cross_entropy and mse_loss (for distillation), and scaled dot-product attention.
+soft_cross_entropy and mse_loss (for distillation), scaled dot-product attention, and the
+pointer-generator's copy mixture.
 Fusing keeps the graph small and each backward exact: these are the hot ops of training.
 """
 import numpy as np
@@ -198,3 +199,38 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None) -> 
         gk = np.swapaxes(ds, -1, -2) @ qd if k.requires_grad else None
         return gq, gk, gv
     return make(y, (q, k, v), backward, "attention")
+
+
+def copy_mixture(logits: Tensor, gate: Tensor, attn: Tensor, src_ids) -> Tensor:
+    """The pointer-generator's output (See et al. 2017, eq. 9), as log-probabilities:
+
+        p(w) = g softmax(z)_w + (1 - g) sum_{s: x_s = w} a_s,     g = sigmoid(u),     y = log p(w)
+
+    logits z (B, T, V); gate u (B, T, 1); attn a (B, T, S), each row a distribution over the
+    source positions; src_ids x (B, S) int, the source tokens (one vocabulary: the copied mass
+    lands on the source's own token ids). With R = dL/dy / p, q = softmax(z), c the copy term:
+        dL/dz = g q (R - sum_w R q),   dL/du = g (1 - g) sum_w R (q - c),   dL/da_s = (1 - g) R[x_s].
+    """
+    z, u, a = logits.data, gate.data, attn.data
+    ids = np.asarray(src_ids)
+    B, T, V = z.shape
+    if u.shape != (B, T, 1) or a.shape[:2] != (B, T) or ids.shape != (B, a.shape[2]):
+        raise ValueError(f"copy_mixture: logits {z.shape}, gate {u.shape}, attn {a.shape}, src_ids {ids.shape} "
+                         f"do not fit (B, T, V), (B, T, 1), (B, T, S), (B, S)")
+    where = (np.arange(B)[:, None, None], np.arange(T)[None, :, None], ids[:, None, :])   # (B, T, S) -> vocab
+    q = np.exp(z - z.max(axis=-1, keepdims=True))
+    q /= q.sum(axis=-1, keepdims=True)                             # softmax(z), (B, T, V)
+    g = 1.0 / (1.0 + np.exp(-u))                                   # (B, T, 1)
+    c = np.zeros_like(q)
+    np.add.at(c, where, a)                                         # the copy distribution, (B, T, V)
+    p = g * q + (1 - g) * c
+    tiny = np.finfo(p.dtype).tiny                                  # a word with no mass at all: log 0
+    y = np.log(np.maximum(p, tiny))
+
+    def backward(grad):
+        r = grad / np.maximum(p, tiny)                             # dL/dp
+        gz = g * q * (r - (r * q).sum(axis=-1, keepdims=True)) if logits.requires_grad else None
+        gu = g * (1 - g) * (r * (q - c)).sum(axis=-1, keepdims=True) if gate.requires_grad else None
+        ga = (1 - g) * r[where] if attn.requires_grad else None
+        return gz, gu, ga
+    return make(y, (logits, gate, attn), backward, "copy_mixture")

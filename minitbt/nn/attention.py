@@ -9,7 +9,8 @@ Quantization hooks (all None = full precision): ``q_quant``, ``k_quant``, ``v_qu
 head states before the two matmuls (Q scaled by d_h^-0.5 first, as TBT does) and ``p_quant``
 on the attention probabilities (a non-negative quantizer). With no hook and no recording,
 the fused kernel F.scaled_dot_product_attention is used; otherwise the same maths is spelled
-out op by op. Set ``record_attn = True`` to keep the probabilities in ``self.attn`` (distillation).
+out op by op. Set ``record_attn = True`` to keep the probabilities in ``self.attn`` (distillation),
+``keep_probs = True`` to keep them, in the graph, in ``self.probs`` (the pointer-generator's copy).
 """
 import numpy as np
 
@@ -36,6 +37,8 @@ class MultiHeadAttention(Module):
         self.q_quant = self.k_quant = self.v_quant = self.p_quant = None
         self.record_attn = False
         self.attn = None
+        self.keep_probs = False
+        self.probs = None
 
     def _heads(self, x):                                   # (B, T, d) -> (B, H, T, d_h)
         B, T, _ = x.shape
@@ -83,7 +86,7 @@ class MultiHeadAttention(Module):
             mask = cm if mask is None else (mask | cm)
 
         hooks = (self.q_quant, self.k_quant, self.v_quant, self.p_quant)
-        if all(h is None for h in hooks) and not self.record_attn:
+        if all(h is None for h in hooks) and not (self.record_attn or self.keep_probs):
             o = F.scaled_dot_product_attention(q, k, v, mask)
         else:
             o = self._attend_op_by_op(q, k, v, mask, kv_done)
@@ -109,6 +112,8 @@ class MultiHeadAttention(Module):
         p = F.softmax(s, axis=-1)
         if self.record_attn:
             self.attn = p
+        if self.keep_probs:
+            self.probs = p
         if self.p_quant is not None:
             p = self.p_quant(p)
         return p @ v                                       # (B, H, Tq, d_h)

@@ -4,6 +4,12 @@
     tgt ids (B, T) --embed*sqrt(d) + pos--> [decoder layer: self-attn (causal), cross-attn, FFN] x N
                --> logits = h E^T  (tied to the shared embedding) or h W_out^T      (B, T, V)
 
+With ``copy=True`` (a pointer-generator, See et al. 2017) the decoder may also copy source
+tokens: the output is  log p(w) = log[g softmax(logits)_w + (1 - g) sum_{s: x_s = w} a_s],
+with a the last decoder layer's cross-attention (mean over heads) and g = sigmoid(h w_g + b_g)
+(F.copy_mixture). The output is then log-probabilities, which every consumer of logits
+(cross-entropy, distillation, argmax, beam search) takes unchanged: log_softmax(log p) = log p.
+
 Post-LN (BART, the original Transformer): x = LN(x + sublayer(x)), with a LayerNorm on the
 embeddings. Pre-LN (``pre_ln=True``): x = x + sublayer(LN(x)), with a final LayerNorm.
 """
@@ -37,6 +43,7 @@ class TransformerConfig:
     seed: int = 0
     ffn_widths: list = None      # per-layer FFN widths, encoder layers then decoder layers; None: d_ff in
     #                              every layer (structured pruning sets it: minitbt.quant.prune)
+    copy: bool = False           # pointer-generator output: copy source tokens (See et al. 2017)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "max_len"):
@@ -55,6 +62,8 @@ class TransformerConfig:
             raise ValueError(f"unknown activation {self.activation!r}")
         if self.positions not in ("learned", "sinusoidal"):
             raise ValueError(f"unknown positions {self.positions!r}")
+        if self.copy and self.n_decoder_layers < 1:
+            raise ValueError("copy needs at least one decoder layer (its cross-attention points at the source)")
         if self.ffn_widths is not None:
             n = self.n_encoder_layers + self.n_decoder_layers
             w = self.ffn_widths
@@ -183,6 +192,10 @@ class Seq2SeqTransformer(Module):
         self.enc_final_norm = LayerNorm(d) if cfg.pre_ln else None
         self.dec_final_norm = LayerNorm(d) if cfg.pre_ln else None
         self.lm_head = None if cfg.tie_embeddings else Linear(d, cfg.vocab_size, bias=False, rng=rng)
+        self.copy_gate = None                              # pointer-generator: g = sigmoid(h w_g + b_g)
+        if cfg.copy:
+            self.copy_gate = Linear(d, 1, rng=rng)
+            self.decoder[-1].cross_attn.keep_probs = True  # its attention is the copy distribution
         self.record_states = False   # keep hidden states in self.states (distillation)
         self.states = None
 
@@ -202,7 +215,8 @@ class Seq2SeqTransformer(Module):
         return self.embed_dropout(x)
 
     def encode(self, src_ids):
-        """src_ids (B, S) int -> memory (B, S, d), src_pad (B, S) bool."""
+        """src_ids (B, S) int -> memory (B, S, d), src_ids (B, S): the decoder takes both (the ids give
+        its padding mask, and the tokens a pointer-generator copies)."""
         src_ids = np.asarray(src_ids)
         src_pad = src_ids == self.config.pad_id
         x = self._embed(src_ids, self.enc_embed_norm)
@@ -214,11 +228,14 @@ class Seq2SeqTransformer(Module):
             x = self.enc_final_norm(x)
         if self.record_states:
             self.states["encoder"] = hidden
-        return x, src_pad
+        return x, src_ids
 
-    def decode(self, tgt_ids, memory, src_pad, cache=None, offset: int = 0):
-        """tgt_ids (B, T) -> logits (B, T, V). With a cache (see ``init_cache``) only new tokens are fed."""
+    def decode(self, tgt_ids, memory, src_ids, cache=None, offset: int = 0):
+        """tgt_ids (B, T) -> logits (B, T, V) (log-probabilities with ``copy``). With a cache (see
+        ``init_cache``) only new tokens are fed."""
         tgt_ids = np.asarray(tgt_ids)
+        src_ids = np.asarray(src_ids)
+        src_pad = src_ids == self.config.pad_id
         tgt_pad = (tgt_ids == self.config.pad_id) if cache is None else None
         if tgt_pad is not None and not tgt_pad.any():
             tgt_pad = None
@@ -231,7 +248,11 @@ class Seq2SeqTransformer(Module):
             x = self.dec_final_norm(x)
         if self.record_states:
             self.states["decoder"] = hidden
-        return self.output_projection(x)
+        logits = self.output_projection(x)
+        if self.copy_gate is None:
+            return logits
+        attn = self.decoder[-1].cross_attn.probs.mean(axis=1)    # (B, H, T, S) -> (B, T, S)
+        return F.copy_mixture(logits, self.copy_gate(x), attn, src_ids)
 
     def output_projection(self, h):                        # (B, T, d) -> (B, T, V), full precision
         if self.lm_head is not None:
@@ -244,8 +265,8 @@ class Seq2SeqTransformer(Module):
     def forward(self, src_ids, tgt_ids):
         if self.record_states:
             self.states = {}
-        memory, src_pad = self.encode(src_ids)
-        return self.decode(tgt_ids, memory, src_pad)
+        memory, src_ids = self.encode(src_ids)
+        return self.decode(tgt_ids, memory, src_ids)
 
     def attention_modules(self):
         """Every MultiHeadAttention, in a fixed order (encoder self, decoder self, decoder cross)."""

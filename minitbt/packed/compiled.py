@@ -156,6 +156,8 @@ def describe(model, float_weights: bool = False) -> dict:
     """The model as plain numbers and arrays, the fields of minitbt/_decoder.h's structs.
     Raises NotCompilable, naming the part, for anything the C does not run."""
     cfg = model.config
+    if getattr(model, "copy_gate", None) is not None:
+        raise NotCompilable("copy_gate: the compiled decoder has no pointer-generator (copy) output")
     emb = model.embed
     m = dict(d=cfg.d_model, H=cfg.n_heads, V=cfg.vocab_size, max_len=cfg.max_len, n_enc=len(model.encoder),
              n_dec=len(model.decoder), pre_ln=int(cfg.pre_ln), act=ACTIVATIONS[cfg.activation],

@@ -247,6 +247,9 @@ class Seq2SeqTransformer(nn.Module):
             self._build(cfg)
 
     def _build(self, cfg: TransformerConfig):
+        if cfg.copy:
+            raise NotImplementedError("minitbt.torch has no pointer-generator (copy) output; a copy model runs "
+                                      "in minitbt (NumPy) only")
         self.config = cfg
         self.quant_recipe = None
         d = cfg.d_model
