@@ -191,6 +191,13 @@ def test_to_torch_never_drops_a_quantizer(recipe, culprit):
         to_torch(model)
 
 
+def test_to_torch_refuses_a_copy_model():
+    model = build_model(vocab_size=30, d_model=8, n_heads=2, d_ff=16, n_encoder_layers=1, n_decoder_layers=1,
+                        max_len=10, copy=True)
+    with pytest.raises(NotImplementedError, match="copy"):
+        to_torch(model)
+
+
 # ---- the shipped models ------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_logits_float64(name, batch):
