@@ -525,3 +525,20 @@ def test_learned_scale_below_zero_is_clamped_and_can_recover(signed):
     SGD([q.scale], lr=1e-3).step()
     assert q.scale.grad is not None and np.all(q.scale.grad < 0)
     assert np.all(q.scale.data > before)
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), zero=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_sign_ties_is_its_definition(dtype, zero, seed):
+    """sign_ties's two-pass form equals its definition: |u| below the tie window _tie_tol(u, 1)
+    counts as 0 (then +1, or 0 with zero=True), on values at and around the window's edges."""
+    from minitbt.quant.base import _tie_tol, sign_ties
+    rng = np.random.default_rng(seed)
+    c = 256 * np.finfo(dtype).eps
+    edges = np.array([0.0, -0.0, c, -c, np.nextafter(c, 0), -np.nextafter(c, 0), 1.0, -1.0, np.inf, -np.inf, np.nan])
+    u = np.concatenate([rng.normal(size=500), rng.uniform(-3 * c, 3 * c, 500), edges]).astype(dtype)
+    tie = np.abs(u) < _tie_tol(u, 1)
+    want = np.where(tie, 0.0, np.where(u > 0, 1.0, -1.0)) if zero else np.where((u >= 0) | tie, 1.0, -1.0)
+    got = sign_ties(u, zero=zero)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, want.astype(dtype))

@@ -98,19 +98,15 @@ def sign_ties(u: np.ndarray, zero: bool = False) -> np.ndarray:
         if zero:
             return np.where(tie, 0.0, np.where(u > 0, 1.0, -1.0)).astype(u.dtype)
         return np.where((u >= 0) | tie, 1.0, -1.0).astype(u.dtype)
-    # the same values, built in u's dtype with one float work array (no float64 temporaries)
-    au = np.abs(u)
-    tol = np.maximum(au, 1)
-    tol *= TIE_ULPS * np.finfo(u.dtype).eps                     # _tie_tol(u, 1)
-    tie = au < tol
-    del au, tol
-    one, zero_, minus = (np.asarray(v, dtype=u.dtype) for v in (1, 0, -1))
+    # The same values in two passes. The window is c max(|u|, 1) with c = TIE_ULPS eps < 1, so
+    # |u| >= 1 is never inside it and |u| < 1 is inside exactly when |u| < c: the tie test is |u| < c.
+    c = np.asarray(TIE_ULPS * np.finfo(u.dtype).eps, dtype=u.dtype)
+    one, minus = np.asarray(1, dtype=u.dtype), np.asarray(-1, dtype=u.dtype)
     if zero:
-        out = np.where(u > 0, one, minus)
-        np.copyto(out, zero_, where=tie)
+        out = np.where(u >= c, one, minus)                        # +1 above the window, -1 below it,
+        out[np.abs(u) < c] = 0                                    # 0 inside
         return out
-    tie |= u >= 0
-    return np.where(tie, one, minus)
+    return np.where(u > -c, one, minus)                           # u >= 0 or inside the window: +1
 
 
 def unsigned_levels(bits: int) -> int:
