@@ -14,7 +14,7 @@
 # BLAS thread. A run stops after MINUTES of training (validation excluded) or STEPS steps, whichever
 # comes first; the learning rate decays linearly to 0 at STEPS, so set STEPS to about what one run
 # reaches in MINUTES (1,000 for the shipped d_model 128 teacher at 1-1-1; fewer for a wider one),
-# the same for every candidate. multistep-* starts from stage-* (run that first), seqkd-* from
+# the same for every candidate. lc+multistep-* starts from lc+stage-* (run that first), lc+seqkd-* from
 # seqkd-data. A candidate writes $OUT/<name>/ and $OUT/<name>.log (OUT=runs/pilot by default); one
 # that was cut off (its last.npz is there) continues with --resume when it is named again.
 set -euo pipefail
@@ -46,8 +46,12 @@ r2() {
         seqkd)     echo "${BASE/--task data\/ddtp-en-de/--task $SEQKD_TASK} --quant $bits $LC" ;;
         kdt2)      echo "$BASE --quant $bits $LC --kd-temperature 2" ;;
         lrhi)      echo "${BASE/--lr $LR/--lr 1e-3} --quant $bits $LC" ;;
-        long)      local b=${BASE/--max-minutes $MINUTES/--max-minutes $((2 * MINUTES))}
+        lrlo)      echo "${BASE/--lr $LR/--lr 2.5e-4} --quant $bits $LC" ;;
+        long)      local b=${BASE/--max-minutes $MINUTES/--max-minutes $((2 * MINUTES))}           # budget x2
                    echo "${b/--max-steps $STEPS/--max-steps $((2 * STEPS))} --quant $bits $LC" ;;
+        stage)     echo "${BASE/--lr $LR/--lr 2.5e-4} --quant $bits $LC" ;;          # multi-step, stage 1 (A8)
+        multistep) local stage=$OUT/lc+stage-${bits%-*}-8/best.npz                  # FP -> E-W-8 -> E-W-A
+                   echo "${BASE//$TEACHER/$stage} --quant $bits $LC" ;;
         *) return 1 ;;
     esac
 }
@@ -58,34 +62,19 @@ flags() {
     bits=$(echo "$name" | grep -o '[0-9]-[0-9]-[0-9]$') || return 1
     case "$name" in
         lc+*)           r2 "${name#lc+}" "$bits" ;;                                        # round 2, below
-        tbt-*)          echo "$BASE --quant $bits" ;;                                       # the default (paper)
+        tbt-*)          echo "$BASE --quant $bits --quant-options lsq_grad_scale=0 --clip-scales global" ;;  # the paper
         lsq-clipsep-*)  echo "$BASE --quant $bits --quant-options lsq_grad_scale=1 --clip-scales separate" ;;
-        lsq-*)          echo "$BASE --quant $bits --quant-options lsq_grad_scale=1" ;;     # LSQ's 1/sqrt(N Qp)
-        clipsep-*)      echo "$BASE --quant $bits --clip-scales separate" ;;               # scales out of the clip
-        code-*)         echo "$BASE --quant tbt-code-$bits" ;;                              # the released code
-        seqkd-*)        echo "${BASE/--task data\/ddtp-en-de/--task $SEQKD_TASK} --quant $bits" ;;  # Kim & Rush 2016
-        stage-*)        echo "${BASE/--lr $LR/--lr 2.5e-4} --quant $bits" ;;                # multi-step, stage 1 (A8)
-        multistep-2-2-2) echo "${BASE//$TEACHER/$OUT/stage-2-2-8/best.npz} --quant 2-2-2" ;;  # FP -> 2-2-8 -> 2-2-2
-        multistep-1-1-1) echo "${BASE//$TEACHER/$OUT/stage-1-1-8/best.npz} --quant 1-1-1" ;;  # FP -> 1-1-8 -> 1-1-1
-        bit-1-1-1)      echo "$BASE --quant bit-1-1-1" ;;                                   # BiT two-set, learned offset
-        subln-*)        echo "$BASE --quant $bits --quant-options subln=1" ;;               # BitDistill's SubLN
-        paretoq-*)      echo "$BASE --quant paretoq-$bits" ;;                               # SEQ weights, learned scales
-        kdt2-*)         echo "$BASE --quant $bits --kd-temperature 2" ;;
-        lrhi-*)         echo "${BASE/--lr $LR/--lr 1e-3} --quant $bits" ;;
-        lrlo-*)         echo "${BASE/--lr $LR/--lr 2.5e-4} --quant $bits" ;;
-        long-*)         local b=${BASE/--max-minutes $MINUTES/--max-minutes $((2 * MINUTES))}     # budget x2
-                        echo "${b/--max-steps $STEPS/--max-steps $((2 * STEPS))} --quant $bits" ;;
+        lsq-*)          echo "$BASE --quant $bits --quant-options lsq_grad_scale=1 --clip-scales global" ;;  # LSQ's 1/sqrt(N Qp)
+        clipsep-*)      echo "$BASE --quant $bits --quant-options lsq_grad_scale=0 --clip-scales separate" ;;  # scales out of the clip
         *) return 1 ;;
     esac
 }
 
-CANDIDATES="tbt-2-2-2 lsq-2-2-2 clipsep-2-2-2 lsq-clipsep-2-2-2 code-2-2-2 seqkd-2-2-2 stage-2-2-8 multistep-2-2-2
-            paretoq-2-2-2 subln-2-2-2 kdt2-2-2-2 lrhi-2-2-2 lrlo-2-2-2 long-2-2-2
-            tbt-1-1-1 lsq-1-1-1 clipsep-1-1-1 lsq-clipsep-1-1-1 code-1-1-1 seqkd-1-1-1 stage-1-1-8 multistep-1-1-1
-            bit-1-1-1 paretoq-1-1-1 subln-1-1-1 kdt2-1-1-1 lrhi-1-1-1 lrlo-1-1-1 long-1-1-1
-            lc+subln-2-2-2 lc+code-2-2-2 lc+paretoq-2-2-2 lc+seqkd-2-2-2 lc+kdt2-2-2-2 lc+lrhi-2-2-2 lc+long-2-2-2
-            lc+subln-1-1-1 lc+code-1-1-1 lc+bit-1-1-1 lc+paretoq-1-1-1 lc+seqkd-1-1-1 lc+kdt2-1-1-1 lc+lrhi-1-1-1
-            lc+long-1-1-1"
+CANDIDATES="tbt-2-2-2 lsq-2-2-2 clipsep-2-2-2 lsq-clipsep-2-2-2 tbt-1-1-1 lsq-1-1-1 clipsep-1-1-1 lsq-clipsep-1-1-1
+            lc+subln-2-2-2 lc+code-2-2-2 lc+paretoq-2-2-2 lc+seqkd-2-2-2 lc+stage-2-2-8 lc+multistep-2-2-2
+            lc+kdt2-2-2-2 lc+lrhi-2-2-2 lc+lrlo-2-2-2 lc+long-2-2-2
+            lc+subln-1-1-1 lc+code-1-1-1 lc+bit-1-1-1 lc+paretoq-1-1-1 lc+seqkd-1-1-1 lc+stage-1-1-8
+            lc+multistep-1-1-1 lc+kdt2-1-1-1 lc+lrhi-1-1-1 lc+lrlo-1-1-1 lc+long-1-1-1"
 
 table() {
     python - "$OUT" <<'EOF'
@@ -125,8 +114,8 @@ print(json.dumps(sequence_kd_task(sys.argv[1], 'data/ddtp-en-de', sys.argv[2], b
     echo "== $name: minitbt --threads 1 train $args --out $OUT/$name"
     if [ -n "${DRY:-}" ]; then continue; fi          # DRY=1: print the commands only
     case "$name" in
-        multistep-*) stage="$OUT/stage-$(echo "$name" | sed 's/multistep-\([0-9]\)-\([0-9]\)-.*/\1-\2-8/')/best.npz"
-                     [ -f "$stage" ] || { echo "$name starts from $stage: run stage-* first" >&2; exit 2; } ;;
+        *multistep-*) stage="$OUT/lc+stage-$(echo "$name" | sed 's/.*multistep-\([0-9]\)-\([0-9]\)-.*/\1-\2-8/')/best.npz"
+                      [ -f "$stage" ] || { echo "$name starts from $stage: run lc+stage-* first" >&2; exit 2; } ;;
         *seqkd-*)    [ -f "$SEQKD_TASK/task.json" ] || { echo "$name needs $SEQKD_TASK: run seqkd-data first" >&2; exit 2; } ;;
     esac
     mkdir -p "$OUT"

@@ -53,8 +53,8 @@ class TrainConfig:
     max_minutes: float = 0.0     # stop (and checkpoint) after this much training time; 0 = no limit
     weight_decay: float = 0.01
     clip: float = 1.0            # global gradient-norm clip (0 = none)
-    clip_scales: str = "global"  # quantizer scales: in the global clip; "separate": their own clip at
-                                 # --clip, after the others'; "none": never clipped (docs/quantization.md)
+    clip_scales: str = "separate"  # quantizer scales: their own clip at --clip, apart from the others
+                                 # (the pilot's winner); "global": in the global clip; "none": never clipped
     label_smoothing: float = 0.1
     # bookkeeping
     eval_every: int = 200

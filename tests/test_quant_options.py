@@ -60,12 +60,15 @@ def test_parse_options_types_and_errors():
             Q.QuantRecipe.parse("2-2-2", **{field: value})
 
 
-def test_defaults_keep_the_quantizers_and_tbt_code_sets_every_code_choice():
+def test_defaults_are_the_documented_ones_and_tbt_code_sets_every_code_choice():
+    """The defaults: the paper's choices except LSQ's scale-gradient factor (the pilot's winner,
+    docs/quantization.md); tbt-code: every released-code choice."""
     fp = tiny()
     plain = Q.describe(Q.quantize_model(fp, "1-1-1"))
     explicit = Q.describe(Q.quantize_model(fp, "1-1-1", elastic_init="levels", a8_unsigned="symmetric",
-                                           binary_zero="plus", lsq_grad_scale=False))
+                                           binary_zero="plus", lsq_grad_scale=True))
     assert plain == explicit
+    assert plain != Q.describe(Q.quantize_model(fp, "1-1-1", lsq_grad_scale=False))
     r = Q.QuantRecipe.parse("tbt-code-1-1-1")
     assert (r.centre, r.weight_ste, r.lsq_grad_scale, r.shift_min, r.elastic_init, r.a8_unsigned, r.binary_zero) \
         == (False, "identity", True, True, "code", "minmax", "zero")

@@ -26,8 +26,8 @@ and a method that picks the quantizer families:
     paretoq       SEQWeight (learned scale per row:           ElasticQuantizer (as tbt)
                   binary / stretched ternary {-2/3,0,2/3}a)
 
-Options (QuantRecipe fields; the defaults keep the recipe of the shipped models; docs/quantization.md,
-"Released code vs paper: the options"): lsq_grad_scale, elastic_init, a8_unsigned, binary_zero,
+Options (QuantRecipe fields; docs/quantization.md, "Released code vs paper: the options", says
+why each default): lsq_grad_scale, elastic_init, a8_unsigned, binary_zero,
 centre, weight_ste, shift_min, a8_per_token, a8_clip; subln (BitDistill's SubLN, Wu et al. 2025: a
 LayerNorm on the inputs of out_proj and fc2, inside their QuantLinear, before the input quantizer;
 fc2's input is then signed). ``QuantRecipe.parse_options("lsq_grad_scale=1,...")``
@@ -136,7 +136,8 @@ class QuantRecipe:
     activations: str = "elastic"    # activation family
     centre: bool = True             # TBT: mean-centre weights and signed activations (paper); code: False
     weight_ste: str = "clipped"     # TBT weights: "clipped" (paper) or "identity" (code)
-    lsq_grad_scale: bool = False    # code: scale dL/da by 1/sqrt(N Qp) (elastic, BiT, FQT scales)
+    lsq_grad_scale: bool = True     # scale dL/da by 1/sqrt(N Qp) (elastic, BiT, FQT scales): LSQ, the code,
+    #                                 and the pilot's winner; False: the paper's unscaled gradient
     shift_min: bool = False         # code: unsigned elastic quantizers shift by the per-token minimum
     a8_per_token: bool = True       # SymmetricA8 per token (decoding-safe) or per tensor (paper)
     a8_clip: float = 2.5            # SymmetricA8's clipping range (None: no clipping)
