@@ -1,9 +1,10 @@
 """Print the quantized tables of docs/results.md from the runs that docs/tbt_table.sh wrote.
 
-    python docs/tbt_table.py                  # reads runs/<row>/test.json and runs/<row>/metrics.jsonl
+    python docs/tbt_table.py runs/table       # reads runs/table/<row>/test.json and .../metrics.jsonl
     python docs/tbt_table.py docs/runs/qat    # the copies committed with docs/results.md (<row>.test.json, ...)
+    python docs/tbt_table.py                  # runs/<row>/: the first table (docs/tbt_table_d128.sh)
 
-For each row: the test-split metric (greedy, the eval command of tbt_table.sh), its ratio to
+For each row: the test-split metric (with the decoding of the FP row's test.json), its ratio to
 the FP row of the same task, the QAT steps and training minutes (validation excluded) from the
 run's last metrics line, and the validation loss of the checkpoint that was scored (best.npz:
 the validation line with the highest BLEU or ROUGE-L, at the step given in brackets).
@@ -22,7 +23,7 @@ def _path(row, name):
     return inside if os.path.isdir(os.path.join(RUNS, row)) else os.path.join(RUNS, f"{row}.{name}")
 
 TABLES = {
-    "ddtp-en-de (translation), test split, greedy": (
+    "ddtp-en-de (translation), test split": (
         ["bleu", "chrf"],
         [("FP (shipped)", "ddtp-fp"), ("TBT 2-2-8", "ddtp-2-2-8"), ("TBT 1-1-8", "ddtp-1-1-8"),
          ("TBT 2-2-2", "ddtp-2-2-2"), ("TBT 1-1-1", "ddtp-1-1-1"),
@@ -33,7 +34,7 @@ TABLES = {
          ("+ learned (elastic) activations", "ddtp-twn+elastic-2-2-2"),
          ("+ statistics-based weights", "ddtp-stats-2-2-2"),
          ("+ both (TBT)", "ddtp-2-2-2")]),
-    "debian-summ (summarization), test split, greedy": (
+    "debian-summ (summarization), test split": (
         ["rouge1", "rouge2", "rougeL"],
         [("FP (shipped)", "summ-fp"), ("TBT 2-2-8", "summ-2-2-8"), ("TBT 1-1-8", "summ-1-1-8"),
          ("TBT 2-2-2", "summ-2-2-2"), ("TBT 1-1-1", "summ-1-1-1")]),
@@ -63,7 +64,12 @@ def main(argv=None):
     for title, (keys, rows) in TABLES.items():
         key = "bleu" if "bleu" in keys else "rougeL"              # what best.npz was chosen by
         fp, _ = _read(rows[0][1].split("-")[0] + "-fp", key)      # ddtp-fp or summ-fp
-        print(f"\n**{title}**\n")
+        decoding = ""
+        if fp:
+            decoding = "greedy" if fp.get("beam", 1) == 1 else f"beam {fp['beam']}"
+            decoding += ", sentence by sentence" if fp.get("split_sentences") else ""
+            decoding = f" ({decoding})"
+        print(f"\n**{title}{decoding}**\n")
         print("| model | " + " | ".join(f"{k} (ratio to FP)" for k in keys) + " | QAT steps (best at) | minutes | valid loss |")
         print("|---" * (len(keys) + 4) + "|")
         for label, row in rows:

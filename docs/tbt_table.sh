@@ -1,68 +1,79 @@
 #!/usr/bin/env bash
-# The quantized rows of docs/results.md (TBT's Tables 1 to 3), one row per argument:
+# The quantized table of docs/results.md (TBT's Tables 1 to 3), with the default recipe (the pilot's
+# winner, docs/quantization.md) and the d_model 192 teachers; one row per argument:
 #
-#     bash docs/tbt_table.sh ddtp-2-2-8 ddtp-1-1-1          # train each row, then score it on test
-#     bash docs/tbt_table.sh list                           # the row names
+#     bash docs/tbt_table.sh ddtp-fp ddtp-2-2-8       # score the FP row, then train and score a row
+#     bash docs/tbt_table.sh list                      # the row names
+#     python docs/tbt_table.py runs/table              # the tables, from runs/table/<row>/
 #
-# Every row starts from the shipped FP model (--init) and distils from it (--teacher), one BLAS
-# thread, as in docs/results.md. Two rows were run side by side (two processes, one thread each).
-# A row writes runs/<row>/ (checkpoints, metrics.jsonl, test.json, test.hyp) and runs/<row>.train.log.
+# Every row starts from its task's FP teacher (--init) and distils from it (--teacher), one BLAS
+# thread, two rows side by side at most. A row trains for MINUTES (180: the 3 hours a row may take,
+# validation excluded) or STEPS steps; its learning rate decays linearly to 0 at STEPS, set to about
+# what a row reaches in MINUTES beside one other run. A row that was cut off (its last.npz is there and
+# it has no test.json) continues with --resume when it is named again. The test score is of best.npz
+# (the best validation metric on 500 sentences spread over the split), on the packed model, with the
+# FP rows' decoding: beam 4, and for translation one sentence at a time (--split-sentences).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DDTP="--preset small --task data/ddtp-en-de --teacher models/ddtp-en-de-fp.npz --init models/ddtp-en-de-fp.npz"
-SUMM="--preset small --task data/debian-summ --teacher models/debian-summ-fp.npz --init models/debian-summ-fp.npz \
-      --max-src-len 128 --max-tgt-len 32 --batch-tokens 4000"
-# A8 rows learn at 2.5e-4, A2/A1 rows at 5e-4 (their activation scales have further to move);
-# warm-up 5% of the schedule; --max-minutes caps the training time (validation excluded).
-LONG="--max-steps 1000 --warmup 50 --max-minutes 28 --eval-every 250"      # the shipped 2-2-8 and 1-1-1, and BWN
-SHORT="--max-steps 550 --warmup 28 --max-minutes 22 --eval-every 275"      # 1-1-8, and 1-1-1 from it
-ABL="--max-steps 420 --warmup 21 --max-minutes 16 --eval-every 210"        # the four 2-2-2 rows (ablation)
-SUMMB="--max-steps 220 --warmup 11 --max-minutes 9 --eval-every 110"      # summarization
+DDTP_FP=${DDTP_FP:-models/ddtp-en-de-fp.npz}
+SUMM_FP=${SUMM_FP:-models/debian-summ-fp.npz}
+OUT=${OUT:-runs/table}
+MINUTES=${MINUTES:-180}
+DDTP_STEPS=${DDTP_STEPS:-2000}     # about 5 s a step at d_model 192 beside another run
+SUMM_STEPS=${SUMM_STEPS:-2500}
 
+budget() { echo "--max-steps $1 --warmup $(($1 / 20)) --max-minutes $MINUTES --eval-every 250 --eval-sentences 500"; }
+DDTP="--preset small --task data/ddtp-en-de --teacher $DDTP_FP --init $DDTP_FP $(budget "$DDTP_STEPS")"
+SUMM="--preset small --task data/debian-summ --teacher $SUMM_FP --init $SUMM_FP --max-src-len 96 --max-tgt-len 32 \
+      --batch-tokens 4000 $(budget "$SUMM_STEPS")"
+DDTP_EVAL="--task data/ddtp-en-de --beam 4 --split-sentences"
+SUMM_EVAL="--task data/debian-summ --beam 4"
+
+# row -> its training flags. A8 rows learn at 2.5e-4, A2/A1 rows at 5e-4 (TBT's fine-tuning rates).
 row() {
     case "$1" in
-        ddtp-2-2-8)            echo "$DDTP --quant 2-2-8 --lr 2.5e-4 $LONG" ;;
-        ddtp-1-1-1)            echo "$DDTP --quant 1-1-1 --lr 5e-4 $LONG" ;;
-        ddtp-bwn-1-1-1)        echo "$DDTP --quant bwn-1-1-1 --lr 5e-4 $LONG" ;;
-        ddtp-1-1-8)            echo "$DDTP --quant 1-1-8 --lr 2.5e-4 $SHORT" ;;
-        # multi-step distillation (BiT): 1-1-1 from the 1-1-8 student, which is also its teacher
-        ddtp-1-1-1-from-1-1-8) echo "--preset small --task data/ddtp-en-de --teacher runs/ddtp-1-1-8/best.npz --init runs/ddtp-1-1-8/best.npz --quant 1-1-1 --lr 5e-4 $SHORT" ;;
-        ddtp-2-2-2)            echo "$DDTP --quant 2-2-2 --lr 5e-4 $ABL" ;;
-        ddtp-twn-2-2-2)        echo "$DDTP --quant twn-2-2-2 --lr 5e-4 $ABL" ;;
-        ddtp-twn+elastic-2-2-2) echo "$DDTP --quant twn+elastic-2-2-2 --lr 5e-4 $ABL" ;;
-        ddtp-stats-2-2-2)      echo "$DDTP --quant stats-2-2-2 --lr 5e-4 $ABL" ;;
-        summ-2-2-8)            echo "$SUMM --quant 2-2-8 --lr 2.5e-4 $SUMMB" ;;
-        summ-1-1-8)            echo "$SUMM --quant 1-1-8 --lr 2.5e-4 $SUMMB" ;;
-        summ-2-2-2)            echo "$SUMM --quant 2-2-2 --lr 5e-4 $SUMMB" ;;
-        summ-1-1-1)            echo "$SUMM --quant 1-1-1 --lr 5e-4 $SUMMB" ;;
+        ddtp-2-2-8|ddtp-1-1-8)   echo "$DDTP --quant ${1#ddtp-} --lr 2.5e-4" ;;
+        ddtp-2-2-2|ddtp-1-1-1)   echo "$DDTP --quant ${1#ddtp-} --lr 5e-4" ;;
+        # the baselines and the 2-2-2 ablation (TBT Table 3): TWN/BWN weights with min-max activations,
+        # + learned activations, + statistics-based weights, + both (= ddtp-2-2-2)
+        ddtp-twn-2-2-2|ddtp-bwn-1-1-1|ddtp-twn+elastic-2-2-2|ddtp-stats-2-2-2)
+                                 echo "$DDTP --quant ${1#ddtp-} --lr 5e-4" ;;
+        summ-2-2-8|summ-1-1-8)   echo "$SUMM --quant ${1#summ-} --lr 2.5e-4" ;;
+        summ-2-2-2|summ-1-1-1)   echo "$SUMM --quant ${1#summ-} --lr 5e-4" ;;
         *) return 1 ;;
     esac
 }
 
-ROWS="ddtp-fp summ-fp ddtp-2-2-8 ddtp-1-1-1 ddtp-bwn-1-1-1 ddtp-1-1-8 ddtp-1-1-1-from-1-1-8 ddtp-2-2-2 ddtp-twn-2-2-2 ddtp-twn+elastic-2-2-2
-      ddtp-stats-2-2-2 summ-2-2-8 summ-1-1-8 summ-2-2-2 summ-1-1-1"
+ROWS="ddtp-fp ddtp-2-2-8 ddtp-1-1-8 ddtp-2-2-2 ddtp-1-1-1 ddtp-twn-2-2-2 ddtp-bwn-1-1-1 ddtp-twn+elastic-2-2-2
+      ddtp-stats-2-2-2 summ-fp summ-2-2-8 summ-1-1-8 summ-2-2-2 summ-1-1-1"
 if [ "${1:-list}" = list ]; then echo $ROWS; exit 0; fi
 
+score() {   # score MODEL ROW EVAL_FLAGS...: the test split, written to $OUT/ROW/test.json
+    local model=$1 name=$2; shift 2
+    # shellcheck disable=SC2068
+    minitbt --threads 1 eval --model "$model" --split test --packed $@ --hyp-out "$OUT/$name/test.hyp" \
+        | tee "$OUT/$name/test.json"
+}
+
 for name in "$@"; do
-    case "$name" in            # the FP rows: the shipped models, scored by the same eval command
-        ddtp-fp|summ-fp)
-            task=data/ddtp-en-de; model=models/ddtp-en-de-fp.npz
-            if [ "$name" = summ-fp ]; then task=data/debian-summ; model=models/debian-summ-fp.npz; fi
-            mkdir -p "runs/$name"
-            minitbt --threads 1 eval --model "$model" --task "$task" --split test \
-                --hyp-out "runs/$name/test.hyp" | tee "runs/$name/test.json"
-            continue ;;
+    mkdir -p "$OUT/$name"
+    case "$name" in
+        ddtp-fp) score "$DDTP_FP" "$name" $DDTP_EVAL; continue ;;
+        summ-fp) score "$SUMM_FP" "$name" $SUMM_EVAL; continue ;;
     esac
     args=$(row "$name") || { echo "unknown row $name; rows: $ROWS" >&2; exit 2; }
-    if [ "$name" = ddtp-1-1-1-from-1-1-8 ] && [ ! -f runs/ddtp-1-1-8/best.npz ]; then
-        echo "row $name starts from runs/ddtp-1-1-8/best.npz: run the row ddtp-1-1-8 first" >&2; exit 2
+    args=$(echo $args)
+    if [ -f "$OUT/$name/last.npz" ]; then            # cut off earlier: continue from its checkpoint
+        echo "== $name: minitbt --threads 1 train --resume --out $OUT/$name"
+        minitbt --threads 1 train --resume --out "$OUT/$name" >> "$OUT/$name.train.log" 2>&1
+    else
+        echo "== $name: minitbt --threads 1 train $args --out $OUT/$name"
+        # shellcheck disable=SC2086
+        minitbt --threads 1 train $args --out "$OUT/$name" > "$OUT/$name.train.log" 2>&1
     fi
-    task=$(echo "$args" | sed 's/.*--task \([^ ]*\).*/\1/')
-    mkdir -p runs
-    echo "== $name: minitbt --threads 1 train $args --out runs/$name"
-    # shellcheck disable=SC2086
-    minitbt --threads 1 train $args --out "runs/$name" > "runs/$name.train.log" 2>&1
-    minitbt --threads 1 eval --model "runs/$name/best.npz" --task "$task" --split test \
-        --hyp-out "runs/$name/test.hyp" | tee "runs/$name/test.json"
+    case "$name" in
+        ddtp-*) score "$OUT/$name/best.npz" "$name" $DDTP_EVAL ;;
+        summ-*) score "$OUT/$name/best.npz" "$name" $SUMM_EVAL ;;
+    esac
 done
