@@ -66,6 +66,22 @@ static inline int tbt_popc64(uint64_t x) { return (int)__popcnt64(x); }
 static inline int tbt_popc64(uint64_t x) { return __builtin_popcountll(x); }
 #endif
 
+#if TBT_X86_SIMD
+/* y, kept in a register: the empty asm claims to change y, so the compiler cannot fold the load
+ * of y into each instruction that uses it. Shared by the AVX2 tiles (_int8_avx2.h,
+ * _popcount_avx2.h), which use each loaded vector two or four times: GCC 12 folded the load
+ * into every use (int8 GEMM: 10 loads per 8 vpmaddubsw instead of 6), and the loads then
+ * bounded the loop. No instruction is emitted. (SIMDe's emulated build has no vector register
+ * to pin: nothing to do there.) */
+TBT_AVX2 static TBT_ALWAYS_INLINE __m256i tbt_in_register_avx2(__m256i y)
+{
+#if !defined(TBT_EMULATE_SIMD)
+    __asm__("" : "+x"(y));
+#endif
+    return y;
+}
+#endif
+
 /* 64-byte aligned scratch memory: *raw is what free() gets. */
 static void *tbt_alloc(size_t bytes, void **raw)
 {

@@ -19,6 +19,48 @@ TBT_AVX2 static TBT_ALWAYS_INLINE int32_t tbt_hsum_epi32_avx2(__m256i v)
     return _mm_cvtsi128_si32(s);
 }
 
+/* the totals of four int32 vectors, (sum s0, sum s1, sum s2, sum s3): vphaddd adds
+ * neighbouring pairs within each 128-bit half, so two levels leave in each half the partial
+ * sums of s0..s3 in order, and one add joins the halves (one reduction for 4 sums, not 4) */
+TBT_AVX2 static TBT_ALWAYS_INLINE __m128i tbt_hsum4_epi32_avx2(__m256i s0, __m256i s1,
+                                                               __m256i s2, __m256i s3)
+{
+    const __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(s0, s1), _mm256_hadd_epi32(s2, s3));
+    return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+}
+
+/* One chunk of the GEMM tile: vectors [v0, v1) of 2 rows of xu = x + 128 (unsigned) times 4
+ * rows of int8 codes w (ldw apart), as int16 sums: a[i][j] = xu_i . w_j per int16 lane.
+ * Each weight vector is loaded once, into a register, for both rows. A function of its own,
+ * the sums going out through memory: fed to vpmaddwd in the same function, GCC 12 added a
+ * register copy per sum and step (8 more instructions per 8 multiplies). */
+TBT_AVX2 static TBT_NOINLINE void tbt_i8_chunk_avx2(const uint8_t *x0, const uint8_t *x1,
+                                                    const int8_t *w, size_t ldw, ptrdiff_t v0,
+                                                    ptrdiff_t v1, __m256i a[2][4])
+{
+    const int8_t *w0 = w, *w1 = w + ldw, *w2 = w + 2 * ldw, *w3 = w + 3 * ldw;
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a02 = a00, a03 = a00;  /* row 0 */
+    __m256i a10 = a00, a11 = a00, a12 = a00, a13 = a00;                      /* row 1 */
+    for (ptrdiff_t o = 32 * v0; o < 32 * v1; o += 32) {
+        const __m256i xa = _mm256_loadu_si256((const __m256i *)(x0 + o));
+        const __m256i xb = _mm256_loadu_si256((const __m256i *)(x1 + o));
+        __m256i y = tbt_in_register_avx2(_mm256_loadu_si256((const __m256i *)(w0 + o)));
+        a00 = _mm256_add_epi16(_mm256_maddubs_epi16(xa, y), a00);
+        a10 = _mm256_add_epi16(_mm256_maddubs_epi16(xb, y), a10);
+        y = tbt_in_register_avx2(_mm256_loadu_si256((const __m256i *)(w1 + o)));
+        a01 = _mm256_add_epi16(_mm256_maddubs_epi16(xa, y), a01);
+        a11 = _mm256_add_epi16(_mm256_maddubs_epi16(xb, y), a11);
+        y = tbt_in_register_avx2(_mm256_loadu_si256((const __m256i *)(w2 + o)));
+        a02 = _mm256_add_epi16(_mm256_maddubs_epi16(xa, y), a02);
+        a12 = _mm256_add_epi16(_mm256_maddubs_epi16(xb, y), a12);
+        y = tbt_in_register_avx2(_mm256_loadu_si256((const __m256i *)(w3 + o)));
+        a03 = _mm256_add_epi16(_mm256_maddubs_epi16(xa, y), a03);
+        a13 = _mm256_add_epi16(_mm256_maddubs_epi16(xb, y), a13);
+    }
+    a[0][0] = a00; a[0][1] = a01; a[0][2] = a02; a[0][3] = a03;
+    a[1][0] = a10; a[1][1] = a11; a[1][2] = a12; a[1][3] = a13;
+}
+
 /* GEMM tile: 2 rows of xu = x + 128 (unsigned) times 4 rows of int8 codes w (ldw apart),
  * Kp8 bytes each (a multiple of 32):  acc[i][j] = xu_i . w_j */
 TBT_AVX2 static TBT_NOINLINE void tbt_i8_tile_avx2(const uint8_t *x0, const uint8_t *x1,
@@ -27,26 +69,20 @@ TBT_AVX2 static TBT_NOINLINE void tbt_i8_tile_avx2(const uint8_t *x0, const uint
 {
     const __m256i ones = _mm256_set1_epi16(1);
     const int nvec = Kp8 / 32;
-    for (int i = 0; i < 2; i++) for (int j = 0; j < 4; j++) acc[i][j] = 0;
-    /* |pair sum| <= 2 * 255 = 510, so 32 vectors per int16 accumulator are safe */
-    for (int v0 = 0; v0 < nvec; v0 += 32) {
-        const int v1 = v0 + 32 < nvec ? v0 + 32 : nvec;
-        __m256i a0[4], a1[4];                    /* int16 sums of rows 0 and 1 */
-        for (int j = 0; j < 4; j++) a0[j] = a1[j] = _mm256_setzero_si256();
-        for (ptrdiff_t v = v0; v < v1; v++) {
-            const __m256i xa = _mm256_loadu_si256((const __m256i *)(x0 + 32 * v));
-            const __m256i xb = _mm256_loadu_si256((const __m256i *)(x1 + 32 * v));
-            for (int j = 0; j < 4; j++) {
-                const __m256i y = _mm256_loadu_si256((const __m256i *)(w + j * ldw + 32 * v));
-                a0[j] = _mm256_add_epi16(a0[j], _mm256_maddubs_epi16(xa, y));
-                a1[j] = _mm256_add_epi16(a1[j], _mm256_maddubs_epi16(xb, y));
-            }
-        }
-        for (int j = 0; j < 4; j++) {
-            acc[0][j] += tbt_hsum_epi32_avx2(_mm256_madd_epi16(a0[j], ones));
-            acc[1][j] += tbt_hsum_epi32_avx2(_mm256_madd_epi16(a1[j], ones));
-        }
+    __m128i r[2] = {_mm_setzero_si128(), _mm_setzero_si128()};   /* int32 sums */
+    /* a code is -1, 0 or 1, so |pair sum| <= 2 * 255 = 510 and 64 * 510 = 32640 <= 32767:
+     * the int16 sums hold 64 vectors (K = 2048) */
+    for (int v0 = 0; v0 < nvec; v0 += 64) {
+        __m256i a[2][4];
+        tbt_i8_chunk_avx2(x0, x1, w, ldw, v0, v0 + 64 < nvec ? v0 + 64 : nvec, a);
+        /* int16 -> int32 (vpmaddwd by 1 adds pairs), then the 4 sums of a row at once */
+        for (int i = 0; i < 2; i++)
+            r[i] = _mm_add_epi32(r[i], tbt_hsum4_epi32_avx2(
+                _mm256_madd_epi16(a[i][0], ones), _mm256_madd_epi16(a[i][1], ones),
+                _mm256_madd_epi16(a[i][2], ones), _mm256_madd_epi16(a[i][3], ones)));
     }
+    _mm_storeu_si128((__m128i *)acc[0], r[0]);
+    _mm_storeu_si128((__m128i *)acc[1], r[1]);
 }
 
 /* GEMV: the groups g0..g1-1 of 8 rows of the 2-bit layout w_i2 (ldw bytes per row) against
