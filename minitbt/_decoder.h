@@ -12,6 +12,8 @@
  *   decoder:  h = LN(E[y_t] * sqrt(d) + P[t])
  *             h = LN(h + SelfAttn(h, cache)),  h = LN(h + Attn(h, memory)),  h = LN(h + FFN(h))
  *   logits:   z = h E^T                (the tied embedding, full precision)
+ *   copy:     log p = log[g softmax(z) + (1 - g) sum_{s: x_s = w} a_s],  g = sigmoid(h w_g + b_g)
+ *             (a pointer-generator, See et al. 2017: a = the last cross-attention, mean over heads)
  *   pre-LN:   x = x + sublayer(LN(x)), no embedding LN, a final LN on each stack.
  *
  * A quantized linear layer (section 3) is  y = x_q W_q^T + b  with  x_q = s_x c_x + o_x per
@@ -138,6 +140,8 @@ typedef struct {
     const float *pos;              /* (max_len, d) learned or sinusoidal positions              */
     tbt_norm enc_emb_norm, dec_emb_norm, enc_final, dec_final;
     const float *head_w, *head_b;  /* (V, d) LM head (the tied embedding), (V,) or NULL         */
+    const float *copy_w;           /* (d,) the copy gate's weights, or NULL: no copy output     */
+    float copy_b;                  /* the copy gate's bias                                      */
     tbt_layer *enc, *dec;
 } tbt_model;
 
@@ -447,8 +451,9 @@ typedef struct {
  *   s_j = q_h . k_{j,h}            (q already scaled by 1/sqrt(dh) and quantized)
  *   p = q_p(softmax(s)),  o_h = sum_j p_j v_{j,h}
  */
+/* keep (Tk,) or NULL: the probabilities before their quantizer, averaged over the heads (copy) */
 static void tbt_attend_row(const tbt_attn *A, int H, int dh, const float *q, const float *k,
-                           const float *v, int Tk, float *o, tbt_work *w)
+                           const float *v, int Tk, float *o, tbt_work *w, float *keep)
 {
     const int d = H * dh;
     for (int h = 0; h < H; h++) {
@@ -465,6 +470,8 @@ static void tbt_attend_row(const tbt_attn *A, int H, int dh, const float *q, con
         for (int j = 0; j < Tk; j++) { p[j] = expf(p[j] - mx); sum += p[j]; }
         const float inv = (float)sum;
         for (int j = 0; j < Tk; j++) p[j] /= inv;
+        if (keep)
+            for (int j = 0; j < Tk; j++) keep[j] = (h ? keep[j] : 0.0f) + p[j];
         tbt_fake_quant_row(&A->pq, p, Tk, w->c, w->c8);
         float *oh = o + h * dh;
         for (int i = 0; i < dh; i++) oh[i] = 0;
@@ -473,6 +480,8 @@ static void tbt_attend_row(const tbt_attn *A, int H, int dh, const float *q, con
             for (int i = 0; i < dh; i++) oh[i] += p[j] * vj[i];
         }
     }
+    if (keep)
+        for (int j = 0; j < Tk; j++) keep[j] /= (float)H;
     tbt_mark(TBT_T_ATTN);
 }
 
@@ -548,6 +557,8 @@ typedef struct {
     float *sk, *sv;         /* (n_dec, R, T, d) self-attention cache (quantized)       */
     float *x, *t1, *t2;     /* (max(S, R), d) activations and two buffers              */
     float *logits;          /* (R, V)                                                  */
+    float *copy_a;          /* (R, S) copy: the last cross-attention, mean over heads  */
+    const int32_t *src;     /* (S,) the source ids (copy: where the copied mass lands) */
     float *reorder;         /* (R, T, d) beam search: the cache rows being reordered   */
     tbt_scratch s;
     tbt_work w;
@@ -573,6 +584,8 @@ static int tbt_state_new(const tbt_model *mdl, int S, int R, int T, tbt_state *s
         (size_t)Mx * mdl->d_ff_max, (size_t)(Lmax > Kmax ? Lmax : Kmax),
         /* beam search's reorder buffer, SubLN's normalised input, w.c8 */
         (size_t)R * T * d, (size_t)Mx * Kmax, (size_t)((Lmax > Kmax ? Lmax : Kmax) + 3) / 4,
+        /* the copy distribution */
+        (size_t)R * S,
     };
     const int n = (int)(sizeof(sizes) / sizeof(sizes[0]));
     size_t total = 0;
@@ -591,6 +604,7 @@ static int tbt_state_new(const tbt_model *mdl, int S, int R, int T, tbt_state *s
     st->s.row_bias = ptr[13]; st->s.sx = ptr[14]; st->s.ox = ptr[15];
     st->w.q = ptr[16]; st->w.k = ptr[17]; st->w.v = ptr[18]; st->w.o = ptr[19]; st->w.p = ptr[20];
     st->w.h = ptr[21]; st->w.c = ptr[22]; st->reorder = ptr[23]; st->s.xn = ptr[24]; st->w.c8 = ptr[25];
+    st->copy_a = ptr[26];
     return 0;
 }
 
@@ -618,6 +632,7 @@ static int tbt_encode(const tbt_model *mdl, const int32_t *src, tbt_state *st)
 {
     const int S = st->S, d = mdl->d, H = mdl->H, dh = d / H;
     float *x = st->memory;
+    st->src = src;
     tbt_embed(mdl, src, S, 0, 0, &mdl->enc_emb_norm, x);
     for (int l = 0; l < mdl->n_enc; l++) {
         const tbt_layer *L = &mdl->enc[l];
@@ -626,7 +641,7 @@ static int tbt_encode(const tbt_model *mdl, const int32_t *src, tbt_state *st)
             tbt_keys_values(&L->self_attn, in, S, H, dh, st->w.k, st->w.v, &st->s, &st->w) != 0) return -1;
         for (int i = 0; i < S; i++)
             tbt_attend_row(&L->self_attn, H, dh, st->w.q + (size_t)i * d, st->w.k, st->w.v, S,
-                           st->w.o + (size_t)i * d, &st->w);
+                           st->w.o + (size_t)i * d, &st->w, NULL);
         if (tbt_linear_forward(&L->self_attn.o, st->w.o, S, st->t1, &st->s) != 0) return -1;
         tbt_residual(mdl, &L->self_norm, x, st->t1, S);
         in = tbt_sub_in(mdl, &L->ffn_norm, x, S, st->t2);
@@ -640,7 +655,28 @@ static int tbt_encode(const tbt_model *mdl, const int32_t *src, tbt_state *st)
     return 0;
 }
 
-/* logits (R, V) for the next token of R rows (beams), each with t tokens in its cache already */
+/* The pointer-generator's output for one row (F.copy_mixture): h (d,) the decoder's last state,
+ * a (S,) its copy distribution over the source ids x (S,); z (V,) the logits, replaced by
+ *   log p(w) = log[g softmax(z)_w + (1 - g) sum_{s: x_s = w} a_s],   g = sigmoid(h w_g + b_g) */
+static void tbt_copy_mixture(const tbt_model *mdl, const float *h, const float *a, const int32_t *x, int S,
+                             float *z)
+{
+    const int V = mdl->V;
+    float u = mdl->copy_b;
+    for (int i = 0; i < mdl->d; i++) u += h[i] * mdl->copy_w[i];
+    const float g = 1.0f / (1.0f + expf(-u));
+    float mx = -FLT_MAX;
+    for (int i = 0; i < V; i++) mx = fmaxf(mx, z[i]);
+    double sum = 0;
+    for (int i = 0; i < V; i++) { z[i] = expf(z[i] - mx); sum += z[i]; }
+    const float gq = g / (float)sum;
+    for (int i = 0; i < V; i++) z[i] *= gq;                       /* g softmax(z)                  */
+    for (int s = 0; s < S; s++) z[x[s]] += (1.0f - g) * a[s];     /* + (1 - g) a at the source ids */
+    for (int i = 0; i < V; i++) z[i] = logf(fmaxf(z[i], FLT_MIN));
+}
+
+/* logits (R, V) for the next token of R rows (beams), each with t tokens in its cache already
+ * (log-probabilities when the model copies) */
 static int tbt_decode_step(const tbt_model *mdl, const int32_t *tokens, int R, int t, tbt_state *st)
 {
     const int d = mdl->d, H = mdl->H, dh = d / H, S = st->S, T = st->T;
@@ -657,16 +693,18 @@ static int tbt_decode_step(const tbt_model *mdl, const int32_t *tokens, int R, i
             memcpy(sk + ((size_t)r * T + t) * d, st->w.k + (size_t)r * d, d * sizeof(float));
             memcpy(sv + ((size_t)r * T + t) * d, st->w.v + (size_t)r * d, d * sizeof(float));
             tbt_attend_row(&L->self_attn, H, dh, st->w.q + (size_t)r * d, sk + (size_t)r * T * d,
-                           sv + (size_t)r * T * d, t + 1, st->w.o + (size_t)r * d, &st->w);
+                           sv + (size_t)r * T * d, t + 1, st->w.o + (size_t)r * d, &st->w, NULL);
         }
         if (tbt_linear_forward(&L->self_attn.o, st->w.o, R, st->t1, &st->s) != 0) return -1;
         tbt_residual(mdl, &L->self_norm, x, st->t1, R);
         /* cross-attention over the memory's cached K, V */
         in = tbt_sub_in(mdl, &L->cross_norm, x, R, st->t2);
         if (tbt_queries(&L->cross_attn, in, R, H, dh, st->w.q, &st->s, &st->w) != 0) return -1;
+        const int keep = mdl->copy_w && l == mdl->n_dec - 1;       /* the copy distribution */
         for (int r = 0; r < R; r++)
             tbt_attend_row(&L->cross_attn, H, dh, st->w.q + (size_t)r * d, st->ck + (size_t)l * S * d,
-                           st->cv + (size_t)l * S * d, S, st->w.o + (size_t)r * d, &st->w);
+                           st->cv + (size_t)l * S * d, S, st->w.o + (size_t)r * d, &st->w,
+                           keep ? st->copy_a + (size_t)r * S : NULL);
         if (tbt_linear_forward(&L->cross_attn.o, st->w.o, R, st->t1, &st->s) != 0) return -1;
         tbt_residual(mdl, &L->cross_norm, x, st->t1, R);
         /* feed-forward */
@@ -680,6 +718,10 @@ static int tbt_decode_step(const tbt_model *mdl, const int32_t *tokens, int R, i
     if (mdl->head_b)
         for (int r = 0; r < R; r++)
             for (int i = 0; i < mdl->V; i++) st->logits[(size_t)r * mdl->V + i] += mdl->head_b[i];
+    if (mdl->copy_w)
+        for (int r = 0; r < R; r++)
+            tbt_copy_mixture(mdl, x + (size_t)r * d, st->copy_a + (size_t)r * S, st->src, S,
+                             st->logits + (size_t)r * mdl->V);
     tbt_mark(TBT_T_HEAD);
     return 0;
 }

@@ -63,6 +63,8 @@ cdef extern from "_decoder.h" nogil:
         tbt_norm enc_emb_norm, dec_emb_norm, enc_final, dec_final
         const float *head_w
         const float *head_b
+        const float *copy_w
+        float copy_b
         tbt_layer *enc
         tbt_layer *dec
     ctypedef struct tbt_state:
@@ -107,6 +109,8 @@ cdef class Decoder:
         self.m.pos = <const float *>self._ptr(m["pos"], np.float32)
         self.m.head_w = <const float *>self._ptr(m["head_w"], np.float32)
         self.m.head_b = <const float *>self._ptr(m.get("head_b"), np.float32)
+        self.m.copy_w = <const float *>self._ptr(m.get("copy_w"), np.float32)
+        self.m.copy_b = m.get("copy_b", 0.0)
         self._norm(&self.m.enc_emb_norm, m.get("enc_emb_norm"))
         self._norm(&self.m.dec_emb_norm, m.get("dec_emb_norm"))
         self._norm(&self.m.enc_final, m.get("enc_final"))

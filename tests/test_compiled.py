@@ -210,6 +210,24 @@ def test_compiled_subln(arch, spec):
     _check_model(pack_model(q), src, 12, eight_bit=spec.endswith("-8"))
 
 
+@pytest.mark.parametrize("spec", [None, "2-2-2", "1-1-1", "2-2-8"])
+def test_compiled_copy_model(spec):
+    """A pointer-generator (copy=True): the C mixes the gate, the softmax and the last
+    cross-attention (mean over heads) as F.copy_mixture does: the same log-probabilities,
+    the same greedy and beam outputs."""
+    src = _tiny_src(6)
+    m = build_model(vocab_size=60, d_model=32, n_heads=4, d_ff=48, n_encoder_layers=1, n_decoder_layers=2,
+                    max_len=24, dropout=0.0, seed=6, copy=True).eval()
+    m.copy_gate.bias.data[:] = -0.5                        # lean on copying: a visible copy term
+    if spec is not None:
+        m = quantize(m, spec).eval()
+        with no_grad():
+            m(src, src[:, :5])
+        m = pack_model(m)
+    _check_model(m, src, 12, eight_bit=spec == "2-2-8", tight=1e-3 if spec is None else TIGHT)
+    assert compile_model(m).beam_search(src, 3, 10) == beam_search(m, src, 3, 10)
+
+
 def test_cli_packed_runs_the_compiled_decoder(capsys):
     """--packed runs the compiled decoder (a float model too); --numpy the NumPy packed model;
     the translations agree."""

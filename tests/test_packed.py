@@ -226,9 +226,8 @@ def test_subln_packs_saves_and_reproduces_fake_quant(spec, tmp_path):
 @pytest.mark.parametrize("spec", ["2-2-8", "1-1-1"])
 def test_copy_model_packs_and_reproduces_fake_quant(spec):
     """A pointer-generator (copy=True) keeps its gate and the copy mixture in full precision; the
-    packed model's log-probabilities equal the fake-quantized model's in float64. The compiled
-    decoder has no copy output and says so (the NumPy packed model runs it)."""
-    from minitbt.packed.compiled import HAVE_DECODER, NotCompilable, compile_model
+    packed model's log-probabilities equal the fake-quantized model's in float64 (the compiled
+    decoder's copy output: test_compiled.py)."""
     fp = build_model(vocab_size=300, d_model=64, n_heads=4, d_ff=128, n_encoder_layers=2, n_decoder_layers=2,
                      max_len=40, dropout=0.0, seed=4, copy=True)
     q = quantize(fp, spec).eval()
@@ -240,6 +239,3 @@ def test_copy_model_packs_and_reproduces_fake_quant(spec):
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-9 * np.abs(ref).max())
     np.testing.assert_allclose(np.exp(out).sum(-1), 1.0, rtol=1e-9)
     assert greedy(q, src, 15) == greedy(p, src, 15)
-    if HAVE_DECODER:
-        with pytest.raises(NotCompilable, match="copy"):
-            compile_model(p)

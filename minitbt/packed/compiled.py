@@ -156,8 +156,6 @@ def describe(model, float_weights: bool = False) -> dict:
     """The model as plain numbers and arrays, the fields of minitbt/_decoder.h's structs.
     Raises NotCompilable, naming the part, for anything the C does not run."""
     cfg = model.config
-    if getattr(model, "copy_gate", None) is not None:
-        raise NotCompilable("copy_gate: the compiled decoder has no pointer-generator (copy) output")
     emb = model.embed
     m = dict(d=cfg.d_model, H=cfg.n_heads, V=cfg.vocab_size, max_len=cfg.max_len, n_enc=len(model.encoder),
              n_dec=len(model.decoder), pre_ln=int(cfg.pre_ln), act=ACTIVATIONS[cfg.activation],
@@ -180,6 +178,12 @@ def describe(model, float_weights: bool = False) -> dict:
             raise NotCompilable("lm_head: the compiled decoder keeps the LM head in full precision")
         m.update(head_w=_f32(model.lm_head.weight.data),
                  head_b=None if model.lm_head.bias is None else _f32(model.lm_head.bias.data))
+    gate = getattr(model, "copy_gate", None)               # the pointer-generator's gate, full precision
+    if gate is not None:
+        if type(gate) is not Linear:
+            raise NotCompilable("copy_gate: the compiled decoder keeps the copy gate in full precision")
+        m.update(copy_w=_f32(gate.weight.data.reshape(-1)),
+                 copy_b=float(gate.bias.data.reshape(-1)[0]) if gate.bias is not None else 0.0)
     enc, dec = [], []
     for i, layer in enumerate(model.encoder):
         enc.append(dict(self_attn=_attn(layer.self_attn, f"encoder.{i}.self_attn", float_weights),
