@@ -13,6 +13,8 @@
 # it has no test.json) continues with --resume when it is named again. The test score is of best.npz
 # (the best validation metric on 500 sentences spread over the split), on the packed model, with the
 # FP rows' decoding: beam 4, and for translation one sentence at a time (--split-sentences).
+# When a row is scored, its metrics log and test scores are copied to docs/runs/table/<row>.* and its
+# learning curve is drawn to docs/img/table/<row>.png (commit those: runs/ may not survive).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,11 +58,21 @@ score() {   # score MODEL ROW EVAL_FLAGS...: the test split, written to $OUT/ROW
         | tee "$OUT/$name/test.json"
 }
 
+keep() {   # keep ROW METRIC: copy the row's log and scores into docs/, draw its learning curve
+    local name=$1 metric=$2
+    mkdir -p docs/runs/table docs/img/table
+    cp "$OUT/$name/test.json" "docs/runs/table/$name.test.json"
+    [ -f "$OUT/$name/metrics.jsonl" ] || return 0        # an FP row: a score, no training
+    cp "$OUT/$name/metrics.jsonl" "docs/runs/table/$name.metrics.jsonl"
+    python -m minitbt.plot "$OUT/$name/metrics.jsonl" --metric "$metric" --labels "$name" \
+        --out "docs/img/table/$name.png"
+}
+
 for name in "$@"; do
     mkdir -p "$OUT/$name"
     case "$name" in
-        ddtp-fp) score "$DDTP_FP" "$name" $DDTP_EVAL; continue ;;
-        summ-fp) score "$SUMM_FP" "$name" $SUMM_EVAL; continue ;;
+        ddtp-fp) score "$DDTP_FP" "$name" $DDTP_EVAL; keep "$name" bleu; continue ;;
+        summ-fp) score "$SUMM_FP" "$name" $SUMM_EVAL; keep "$name" rougeL; continue ;;
     esac
     args=$(row "$name") || { echo "unknown row $name; rows: $ROWS" >&2; exit 2; }
     args=$(echo $args)
@@ -73,7 +85,7 @@ for name in "$@"; do
         minitbt --threads 1 train $args --out "$OUT/$name" > "$OUT/$name.train.log" 2>&1
     fi
     case "$name" in
-        ddtp-*) score "$OUT/$name/best.npz" "$name" $DDTP_EVAL ;;
-        summ-*) score "$OUT/$name/best.npz" "$name" $SUMM_EVAL ;;
+        ddtp-*) score "$OUT/$name/best.npz" "$name" $DDTP_EVAL; keep "$name" bleu ;;
+        summ-*) score "$OUT/$name/best.npz" "$name" $SUMM_EVAL; keep "$name" rougeL ;;
     esac
 done

@@ -175,19 +175,22 @@ def test_shipped_model_packed_greedy_identical_on_50_test_sentences(spec):
     assert greedy(q, src, 40) == greedy(p, src, 40)
 
 
-QAT_SHIPPED = [os.path.join(os.path.dirname(SHIPPED), f"ddtp-en-de-{s}.npz") for s in ("2-2-8", "1-1-1")]
+QAT_SHIPPED = [f"ddtp-en-de-{s}" for s in ("2-2-8", "1-1-8", "2-2-2", "1-1-1")] + \
+              [f"debian-summ-{s}" for s in ("2-2-8", "1-1-1")]
 
 
-@pytest.mark.parametrize("path", QAT_SHIPPED, ids=["2-2-8", "1-1-1"])
-def test_shipped_qat_model_packed_greedy_identical(path):
+@pytest.mark.parametrize("name", QAT_SHIPPED)
+def test_shipped_qat_model_packed_greedy_identical(name):
     """The shipped quantization-aware-trained models (trained weights, and trained scales where the
     recipe learns any): packed greedy decoding equals the fake-quantized model's on 50 test
     sentences (float64, as above)."""
+    root = os.path.dirname(os.path.dirname(SHIPPED))
+    path = os.path.join(root, "models", f"{name}.npz")
     if not os.path.exists(path):
         pytest.skip(f"{path} is not shipped")
     from minitbt.data import Seq2SeqData, load_tokenizer
     from minitbt.model_io import load_model
-    task = os.path.join(os.path.dirname(os.path.dirname(SHIPPED)), "data", "ddtp-en-de")
+    task = os.path.join(root, "data", name.rsplit("-", 3)[0])
     q, meta = load_model(path)
     assert meta["quant"] is not None, "a shipped QAT model must carry its quantization recipe"
     q.eval().to_dtype(np.float64)
