@@ -188,6 +188,19 @@ def load_model(path: str, with_optimizer: bool = False):
     return (model, meta, optim_state) if with_optimizer else (model, meta)
 
 
+def with_copy_gate(model, seed: int = 0):
+    """The same float model with a pointer-generator output added (``copy=True``): every weight kept,
+    the new gate initialised as ``build_model`` would (seeded). For transfer: a translation model
+    starts a summarizer that copies."""
+    from dataclasses import replace
+    if model.copy_gate is not None:
+        return model
+    new = Seq2SeqTransformer(replace(model.config, copy=True, seed=seed))
+    gate = {k: v for k, v in new.state_dict().items() if k.startswith("copy_gate.")}
+    new.load_state_dict({**model.state_dict(), **gate})
+    return new
+
+
 def load_latent_fp(path: str, with_meta: bool = False):
     """The full-precision model behind any checkpoint: for a quantized one, its latent float
     weights (quantizer scales dropped), e.g. to start the next stage of multi-step distillation."""

@@ -24,7 +24,7 @@ from minitbt.data import PAD, Seq2SeqData, decode, load_tokenizer
 from minitbt.datasets import task_info
 from minitbt.decode import greedy
 from minitbt.distill import distillation_loss
-from minitbt.model_io import build_model, load_latent_fp, load_model, model_meta, quantize
+from minitbt.model_io import build_model, load_latent_fp, load_model, model_meta, quantize, with_copy_gate
 from minitbt.run_checks import (FIXED_ON_RESUME, FREE_ON_RESUME, TrainingDiverged, check_out_dir,  # noqa: F401
                                 check_resume, check_vocabulary, saved_config)
 from minitbt.tensor import no_grad
@@ -91,7 +91,6 @@ class TrainConfig:
         need(not self.quant_options or bool(self.quant), "quant_options", "needs --quant")
         need(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
         need(self.copy in (0, 1), "copy", "must be 0 or 1")
-        need(not (self.copy and self.init), "copy", "sets up a new model: it cannot change the --init model's")
         need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
         need(self.decay in ("linear", "cosine", "constant"), "decay", "must be linear, cosine or constant")
         need(self.d_model % self.n_heads == 0, "d_model", f"must be divisible by --n-heads {self.n_heads}")
@@ -346,6 +345,8 @@ def _initial_model(cfg: TrainConfig, tokenizer):
     if cfg.init:
         model, meta = load_latent_fp(cfg.init, with_meta=True)
         check_vocabulary(cfg.init, meta, tokenizer, model.config.vocab_size, "init")
+        if cfg.copy and model.copy_gate is None:       # transfer: the init model gets a fresh copy gate
+            model = with_copy_gate(model, cfg.seed)
     else:
         model = build_model(vocab_size=tokenizer.get_vocab_size(), d_model=cfg.d_model, n_heads=cfg.n_heads,
                             d_ff=cfg.d_ff, n_encoder_layers=cfg.n_layers, n_decoder_layers=cfg.n_layers,

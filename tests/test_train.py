@@ -164,8 +164,8 @@ def test_cli_train_eval_translate(task, tmp_path, capsys):
 
 
 def test_cli_copy_model_trains_resumes_and_decodes(task, tmp_path, capsys):
-    """--copy 1 builds a pointer-generator; it checkpoints, resumes, evaluates, and --packed runs
-    it on the NumPy model (the compiled decoder has no copy output and says so)."""
+    """--copy 1 builds a pointer-generator; it checkpoints, resumes, evaluates (--packed too), starts
+    a quantized student, and --init with --copy 1 gives a plain model a fresh copy gate (transfer)."""
     out = tmp_path / "copy"
     args = ["train", "--preset", "test", "--task", task, "--out", str(out), "--eval-every", "2",
             "--eval-sentences", "2", "--copy", "1"]
@@ -179,9 +179,16 @@ def test_cli_copy_model_trains_resumes_and_decodes(task, tmp_path, capsys):
                  "--packed"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out.strip().splitlines()[-1])["n"] == 3
-    assert "pointer-generator" in captured.err
-    with pytest.raises(ValueError, match="--copy"):
-        TrainConfig(task=task, copy=1, init=str(out / "last.npz")).validate()
+    plain, moved = tmp_path / "plain", tmp_path / "plain+copy"
+    assert main(["train", "--preset", "test", "--task", task, "--out", str(plain), "--max-steps", "2",
+                 "--eval-every", "2", "--eval-sentences", "2"]) == 0
+    assert main(["train", "--preset", "test", "--task", task, "--out", str(moved), "--max-steps", "1",
+                 "--eval-every", "1", "--eval-sentences", "2", "--lr", "1e-12", "--init", str(plain / "last.npz"),
+                 "--copy", "1"]) == 0
+    before, after = load_model(str(plain / "last.npz"))[0], load_model(str(moved / "last.npz"))[0]
+    assert before.copy_gate is None and after.copy_gate is not None
+    for name, value in before.state_dict().items():   # every weight carried over (lr ~0: unchanged)
+        np.testing.assert_allclose(after.state_dict()[name], value, rtol=0, atol=1e-6, err_msg=name)
     student = tmp_path / "copy-1-1-1"                   # a quantized copy student distilled from it
     assert main(["train", "--preset", "test", "--task", task, "--out", str(student), "--max-steps", "2",
                  "--eval-every", "2", "--eval-sentences", "2", "--quant", "1-1-1", "--init", str(out / "last.npz"),
