@@ -144,7 +144,7 @@ sorted source-package names, seed {seed}, shared by both tasks): no source packa
 two splits.
 
 Files: `{{train,valid,test}}.{{source,target}}.gz` (gzip text, one example per line) and
-`tokenizer.json` (HF `tokenizers` BPE, {vocab} tokens trained on {tok_on} of the train split;
+`tokenizer.json` (HF `tokenizers` BPE, {vocab} tokens trained on {tok_on};
 NFKC + Metaspace; `<pad>`=0, `<bos>`=1, `<eos>`=2, `<unk>`=3).
 
 {table}
@@ -156,6 +156,13 @@ Rebuild (as root, from the repository root):
 
     {rebuild}
 """
+
+TOKENIZER_FROM = {
+    "ddtp-en-de": "English and German sides of the train split",
+    "debian-summ": "the English and German sides of ddtp-en-de's train split: the same file as "
+                   "ddtp-en-de's, one tokenizer for the Debian data, so that a translation model can "
+                   "start a summarizer (`--init`)",
+}
 
 WHAT = {
     "ddtp-en-de": "Translation English -> German: Debian package synopses and the paragraphs "
@@ -199,9 +206,13 @@ def main(argv=None):
         splits = {s: ([a for a, _, p in pairs if split_of[p] == s],
                       [b for _, b, p in pairs if split_of[p] == s]) for s in SPLITS}
         task_dir = os.path.join(args.out, task)
-        write_task(task_dir, splits, args.vocab_size, kind="translation" if task == "ddtp-en-de" else "summarization")
+        # one tokenizer for the Debian data: debian-summ reuses ddtp-en-de's (written first), so that
+        # the translation model can start the summarizer (--init; docs/results.md, "Teachers")
+        shared = os.path.join(args.out, "ddtp-en-de") if task == "debian-summ" else None
+        write_task(task_dir, splits, args.vocab_size, kind="translation" if task == "ddtp-en-de" else "summarization",
+                   tokenizer_from=shared)
         table = stats_table(task_dir)
-        tok_on = "English and German sides" if task == "ddtp-en-de" else "source and target sides"
+        tok_on = TOKENIZER_FROM[task]
         with open(os.path.join(task_dir, "README.md"), "w", encoding="utf-8") as f:
             f.write(README.format(task=task, what=WHAT[task], release=release_date(args.lists_dir),
                                   prefix=PREFIX, seed=args.seed, vocab=args.vocab_size,

@@ -57,6 +57,9 @@ def _build_parser():
     p.add_argument("--out", required=True)
     p.add_argument("--kind", choices=["translation", "summarization"], default="translation")
     p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--tokenizer", default=None, metavar="TASK",
+                   help="reuse this task folder's tokenizer.json instead of training one, so that a model "
+                        "trained on TASK can start this task (--init)")
     p.add_argument("--force", action="store_true", help="replace an existing task folder at --out")
 
     _train_parser(sub)

@@ -16,8 +16,9 @@ MAX_BEAM = 64      # a wider beam costs beam x memory and time for no gain on th
 
 def prepare(args):
     counts = prepare_user_task(args.src_dir, args.out, kind=args.kind, vocab_size=args.vocab_size,
-                               force=args.force)
-    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " pairs, tokenizer.json")
+                               force=args.force, tokenizer_from=args.tokenizer)
+    made = f"{args.tokenizer}'s tokenizer.json" if args.tokenizer else "tokenizer.json"
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" pairs, {made}")
     return 0
 
 

@@ -89,30 +89,36 @@ def stats_table(task_dir):
     return "\n".join(rows)
 
 
-def write_task(out_dir, splits, vocab_size=8000, kind=None, name=None):
+def write_task(out_dir, splits, vocab_size=8000, kind=None, name=None, tokenizer_from=None):
     """Write {split: (sources, targets)} as <out_dir>/<split>.{source,target}.gz, train one
-    joint tokenizer.json on both sides of the train split (the model shares one embedding),
-    and, when ``kind`` is given, task.json."""
+    joint tokenizer.json on both sides of the train split (the model shares one embedding), or
+    copy ``tokenizer_from``'s (a task folder), and, when ``kind`` is given, task.json."""
     os.makedirs(out_dir, exist_ok=True)
     for split, (src, tgt) in splits.items():
         if len(src) != len(tgt):
             raise ValueError(f"{split}: {len(src)} sources but {len(tgt)} targets")
         write_lines(os.path.join(out_dir, f"{split}.source.gz"), src)
         write_lines(os.path.join(out_dir, f"{split}.target.gz"), tgt)
-    src, tgt = splits["train"]
-    train_tokenizer(src + tgt, vocab_size, os.path.join(out_dir, "tokenizer.json"))
+    if tokenizer_from is not None:
+        shutil.copyfile(os.path.join(tokenizer_from, "tokenizer.json"), os.path.join(out_dir, "tokenizer.json"))
+    else:
+        src, tgt = splits["train"]
+        train_tokenizer(src + tgt, vocab_size, os.path.join(out_dir, "tokenizer.json"))
     if kind is not None:
         import json
         with open(os.path.join(out_dir, "task.json"), "w", encoding="utf-8") as f:
             json.dump({"name": name or os.path.basename(os.path.normpath(out_dir)), "kind": kind}, f)
 
 
-def prepare_user_task(src_dir, out_dir, kind="translation", vocab_size=8000, seed=0, force=False):
+def prepare_user_task(src_dir, out_dir, kind="translation", vocab_size=8000, seed=0, force=False,
+                      tokenizer_from=None):
     """Prepare a user's own parallel text for minitbt.
 
     `src_dir` holds train.source/train.target and optionally valid.* and test.* (plain or
     .gz, one example per line). A missing valid or test split is carved out of train
     (5% each, seeded by line). Writes the shipped layout (see `write_task`) to `out_dir`.
+    ``tokenizer_from``: a task folder whose tokenizer.json is reused (transfer from a model
+    trained on that task) instead of training a new one.
 
     Safe by construction: the two sides of every split must have the same number of lines (else
     a ValueError names both files and counts); the task is built in a temporary folder beside
@@ -124,6 +130,8 @@ def prepare_user_task(src_dir, out_dir, kind="translation", vocab_size=8000, see
         raise FileExistsError(f"--out {out_dir} exists and is not a folder")
     if os.path.exists(out_dir) and not force:
         raise FileExistsError(f"{out_dir} exists: pass --force to replace it, or choose another --out")
+    if tokenizer_from is not None and not os.path.exists(os.path.join(tokenizer_from, "tokenizer.json")):
+        raise FileNotFoundError(f"--tokenizer {tokenizer_from}: no tokenizer.json there (give a task folder)")
     if vocab_size < len(SPECIALS) + 1:
         raise ValueError(f"--vocab-size must be at least {len(SPECIALS) + 1}, got {vocab_size}")
     def find(split, side):
@@ -166,7 +174,7 @@ def prepare_user_task(src_dir, out_dir, kind="translation", vocab_size=8000, see
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(out_dir)}-", dir=parent)
     try:
-        write_task(tmp, splits, vocab_size, kind, name=os.path.basename(out_dir))
+        write_task(tmp, splits, vocab_size, kind, name=os.path.basename(out_dir), tokenizer_from=tokenizer_from)
         _swap_into_place(tmp, out_dir)
     finally:
         if os.path.exists(tmp):

@@ -185,3 +185,22 @@ def test_prepare_user_task(tmp_path):
         pairs += s
     assert sorted(pairs) == sorted(f"hello world {i}" for i in range(n))
     assert os.path.exists(out / "tokenizer.json")
+
+
+def test_prepare_with_another_tasks_tokenizer(tmp_path, capsys):
+    """--tokenizer TASK: the new task reuses TASK's tokenizer.json (a model trained on TASK can start
+    it with --init); a folder without one is refused with one line and exit 2."""
+    from minitbt.cli import main
+    from minitbt.data import load_tokenizer, same_tokenizer
+    src_dir = tmp_path / "in"
+    src_dir.mkdir()
+    (src_dir / "train.source").write_text("".join(f"a long description {i}\n" for i in range(40)))
+    (src_dir / "train.target").write_text("".join(f"summary {i}\n" for i in range(40)))
+    shipped = os.path.join(ROOT, "data", "ddtp-en-de")
+    assert main(["prepare", str(src_dir), "--out", str(tmp_path / "t"), "--kind", "summarization",
+                 "--tokenizer", shipped]) == 0
+    assert same_tokenizer(load_tokenizer(str(tmp_path / "t")), load_tokenizer(shipped))
+    assert main(["prepare", str(src_dir), "--out", str(tmp_path / "u"), "--tokenizer", str(src_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no tokenizer.json" in err[0]
+    assert not os.path.exists(tmp_path / "u")
