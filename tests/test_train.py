@@ -13,7 +13,7 @@ from minitbt.data import BOS, EOS, PAD, Seq2SeqData, load_tokenizer, split_sente
 from minitbt.datasets import prepare_user_task
 from minitbt.decode import beam_search, greedy
 from minitbt.model_io import build_model, load_model
-from minitbt.train import TrainConfig, config_from_preset, train
+from minitbt.train import config_from_preset, train
 
 WORDS = "the a red blue green small big cat dog bird tree house runs sleeps sings".split()
 
