@@ -2,9 +2,10 @@
 
     python benchmarks/profile_qat_step.py                          # FP, 2-2-8, 2-2-2, 1-1-1; 1 thread
     python benchmarks/profile_qat_step.py --steps 3 --json docs/runs/profile_qat_step.json
+    python benchmarks/profile_qat_step.py --recipes 2-2-2,1-1-1 --kernel-paths portable,avx2   # the quantizer kernel
 
-The `small` preset architecture (d_model 128, 3+3 layers, d_ff 512, 8k vocabulary), initialised from
-models/ddtp-en-de-fp.npz, which is also the frozen teacher of the quantized recipes. One step is what
+The `small` preset with the architecture of --model (models/ddtp-en-de-fp.npz: d_model 192, 3+3 layers,
+d_ff 768, 8k vocabulary), initialised from it; it is also the frozen teacher of the quantized recipes. One step is what
 train.py runs: loss (CE; for a quantized student CE + soft CE + hidden MSE + attention MSE from the
 teacher) + backward + global-norm clip + AdamW, on real 3,000-token batches of data/ddtp-en-de.
 
@@ -30,11 +31,15 @@ def _flags(p):
     p.add_argument("--recipes", default="fp,2-2-8,2-2-2,1-1-1", help="comma-separated; fp = full precision")
     p.add_argument("--model", default="models/ddtp-en-de-fp.npz", help="teacher and initial weights")
     p.add_argument("--task", default="data/ddtp-en-de")
+    p.add_argument("--kernel-paths", default="",
+                   help="e.g. portable,avx2: every recipe once per kernel path, stepping in turns on the same "
+                        "batches (the learned-scale quantizers run NumPy on portable, one compiled pass on avx2)")
 
 
 ARGS, UNSET = bench_args(__doc__, _flags)
 
 import ast  # noqa: E402
+import contextlib  # noqa: E402
 import cProfile  # noqa: E402
 import pstats  # noqa: E402
 import statistics  # noqa: E402
@@ -44,6 +49,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from minitbt import distill, optim  # noqa: E402
+from minitbt.kernels import use_path  # noqa: E402
 from minitbt.data import Seq2SeqData, load_tokenizer  # noqa: E402
 from minitbt.model_io import load_model  # noqa: E402
 from minitbt.train import _initial_model, accumulate_gradients, config_from_preset  # noqa: E402
@@ -225,7 +231,7 @@ def make_step(cfg, model, teacher, opt, scales, phases: Phases):
 def main():
     from _common import header, print_table, write_json
 
-    info = header(ARGS, UNSET, extra="small preset (d_model 128, 3+3 layers, d_ff 512, 8k vocab), "
+    info = header(ARGS, UNSET, extra="small preset, "
                   f"init and teacher {ARGS.model}; 3,000-token batches of {ARGS.task}")
     n_steps = ARGS.steps or ARGS.repeats
     tokenizer = load_tokenizer(ARGS.task)
@@ -237,33 +243,43 @@ def main():
     print(f"# {ARGS.warmup} warm-up + {n_steps} timed + {ARGS.profile_steps} profiled steps per recipe; "
           f"tokens per batch: {[b.n_tokens for b in batches]}")
 
+    # --kernel-paths: each recipe once per kernel path, the sides stepping in turns on the same batches
+    paths = ARGS.kernel_paths.split(",") if ARGS.kernel_paths else [None]
     results = {}
     for recipe in ARGS.recipes.split(","):
-        cfg, model, teacher, opt, scales = setup(recipe, tokenizer, ARGS.model)
-        with Phases() as phases:
-            step = make_step(cfg, model, teacher, opt, scales, phases)
-            losses, samples = [], []
-            for i in range(ARGS.warmup + n_steps):
-                loss, t = step(batches[i])
-                losses.append(loss)
-                if i >= ARGS.warmup:
-                    samples.append({k: v / batches[i].n_tokens * 3000 for k, v in t.items()})  # per 3k tokens
-            prof = cProfile.Profile()
-            phases.profiler = prof
-            for i in range(ARGS.warmup + n_steps, need):
-                prof.enable()
-                step(batches[i])
-                prof.disable()
-            phases.profiler = None
-        cats = categorize(pstats.Stats(prof))
-        total = sum(cats.values())
-        med = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
-        results[recipe] = {"median_s": med, "samples_s": samples, "losses": losses,
-                           "op_share": {k: v / total for k, v in cats.items()}}
-        print(f"{recipe:>6}: step {1e3 * med['total']:.0f} ms (median of {n_steps}, per 3,000 tokens); "
-              f"first losses {', '.join(f'{x:.6f}' for x in losses[:3])}")
+        sides = []
+        for path in paths:
+            cfg, model, teacher, opt, scales = setup(recipe, tokenizer, ARGS.model)
+            phases = Phases()
+            sides.append({"name": recipe if path is None else f"{recipe}@{path}", "path": path, "phases": phases,
+                          "step": make_step(cfg, model, teacher, opt, scales, phases), "losses": [], "samples": []})
+        for i in range(need):
+            for side in sides:
+                with (use_path(side["path"]) if side["path"] else contextlib.nullcontext()), side["phases"]:
+                    profiling = i >= ARGS.warmup + n_steps
+                    if profiling:
+                        prof = side.setdefault("prof", cProfile.Profile())
+                        side["phases"].profiler = prof
+                        prof.enable()
+                    loss, t = side["step"](batches[i])
+                    if profiling:
+                        prof.disable()
+                        side["phases"].profiler = None
+                if not profiling:
+                    side["losses"].append(loss)
+                    if i >= ARGS.warmup:
+                        side["samples"].append({k: v / batches[i].n_tokens * 3000 for k, v in t.items()})
+        for side in sides:
+            samples, losses = side["samples"], side["losses"]
+            cats = categorize(pstats.Stats(side["prof"])) if "prof" in side else {}
+            total = sum(cats.values()) or 1.0
+            med = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+            results[side["name"]] = {"median_s": med, "samples_s": samples, "losses": losses,
+                                     "op_share": {k: v / total for k, v in cats.items()}}
+            print(f"{side['name']:>6}: step {1e3 * med['total']:.0f} ms (median of {n_steps}, per 3,000 tokens); "
+                  f"first losses {', '.join(f'{x:.6f}' for x in losses[:3])}")
 
-    fp = results.get("fp", {}).get("median_s", {}).get("total")
+    fp = next((v["median_s"]["total"] for r, v in results.items() if r.split("@")[0] == "fp"), None)
     print("\n# step time per 3,000 target tokens, CPU ms (median); phases timed around the step")
     cols = ["total", "teacher forward", "student forward + loss", "backward", "clip + AdamW"]
     rows = [{"recipe": r, **{c: 1e3 * v["median_s"][c] for c in cols},

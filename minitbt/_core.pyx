@@ -42,6 +42,8 @@ cdef extern from "_bitops.h" nogil:
 
 cdef extern from "_quantize.h" nogil:
     float tbt_quantize_row_i8(const float *x, int K, float clip, float qp, float tol, float tiny, int8_t *codes)
+    int tbt_fake_quant_f32(const float *x, size_t n, float a, float lo, float qp, int mode,
+                            float *qout, float *dqda, uint8_t *inside)
 
 cdef extern from "_lut.h" nogil:
     int tbt_bcq_lut_f32(const float *x, int M, int K, const uint32_t *lut, const float *scale,
@@ -182,6 +184,23 @@ def quantize_rows_i8(cnp.ndarray x, float clip, float qp, float tol, float tiny,
     with nogil:
         for m in range(M):
             sp[m] = tbt_quantize_row_i8(xp + <size_t>m * K, K, clip, qp, tol, tiny, cp + <size_t>m * K)
+
+
+def fake_quant_f32(cnp.ndarray x, float a, float lo, float qp, int mode,
+                   cnp.ndarray q, cnp.ndarray dqda, cnp.ndarray inside):
+    """The training forward of a learned-scale quantizer over x (any shape, C-contiguous float32):
+    the codes q (as float32), dq/da and the inside mask (uint8), from tbt_fake_quant_f32 (minitbt/_quantize.h), the
+    equations of minitbt.kernels.quantize.fake_quantize_ref operation for operation in float32.
+    Returns False, with nothing written, where the kernel path is portable (no SIMD)."""
+    cdef size_t n = x.size
+    cdef int rc
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+    cdef float *qp_ = <float *>cnp.PyArray_DATA(q)
+    cdef float *dp = <float *>cnp.PyArray_DATA(dqda)
+    cdef uint8_t *ip = <uint8_t *>cnp.PyArray_DATA(inside)
+    with nogil:
+        rc = tbt_fake_quant_f32(xp, n, a, lo, qp, mode, qp_, dp, ip)
+    return rc == 0
 
 
 def bcq_lut_f32(cnp.ndarray x, cnp.ndarray lut, cnp.ndarray scale, int N, cnp.ndarray out,

@@ -379,6 +379,41 @@ def test_quantize_rows_i8(path, qp, clip):
         kn.quantize_rows_i8(x, 200)
 
 
+@pytest.mark.parametrize("mode,lo,qp", [("levels", -1, 1), ("levels", 0, 2), ("levels", 0, 1), ("levels", -7, 7),
+                                        ("levels", 0, 255), ("levels", -127, 127), ("plus", -1, 1), ("zero", -1, 1)])
+def test_fake_quantize(path, mode, lo, qp):
+    """The compiled training forward of a learned-scale quantizer (q, dq/da, inside) equals its
+    NumPy reference bit for bit: random shapes (one element, sizes that are not multiples of 8),
+    exact and near ties of the rounding (half-integers of u = x/a, one ulp either side), zeros of
+    both signs, and NaN and infinities, which stay what NumPy makes of them."""
+    rng = _rng(qp - lo)
+    for t in range(60):
+        shape = tuple(int(d) for d in rng.integers(1, 40, size=int(rng.integers(1, 4))))
+        if t == 0:
+            shape = (1,)
+        a = np.array([rng.uniform(0.01, 3)], dtype=np.float32)
+        x = (rng.standard_normal(shape) * rng.choice([0.1, 1, 10, 1000])).astype(np.float32)
+        tie = rng.random(shape) < 0.3                        # u exactly on a half-integer, or one ulp off
+        x[tie] = (rng.integers(-2 * qp - 2, 2 * qp + 2, int(tie.sum())) + np.float32(0.5)) * a[0]
+        near = rng.random(shape) < 0.2
+        x[near] = np.nextafter(x[near], rng.choice([-np.inf, np.inf]) * np.ones_like(x[near]))
+        special = rng.random(shape) < 0.1
+        x[special] = rng.choice(np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-30], dtype=np.float32),
+                                int(special.sum()))
+        with np.errstate(invalid="ignore"):                  # inf - inf in the reference's tie test
+            got = kn.fake_quantize(x, a, lo, qp, mode)
+            want = kn.fake_quantize_ref(x, a, lo, qp, mode)
+        for name, g, w in zip(("q", "dq/da", "inside"), got, want):
+            assert g.dtype == w.dtype and g.shape == w.shape == x.shape, name
+            assert np.array_equal(g.view(np.uint8), w.view(np.uint8)), f"{name} differs on {path}, shape {shape}"
+        q = want[0][np.isfinite(x)]
+        assert np.all((q >= lo) & (q <= qp)) and np.array_equal(q, np.rint(q))    # the levels
+    x = np.ones((2, 3), dtype=np.float64) / 3                    # float64 runs the reference
+    assert kn.fake_quantize(x, np.array([0.5]), lo, qp, mode)[0].dtype == np.float64
+    with pytest.raises(ValueError, match="mode"):
+        kn.fake_quantize(x, np.array([0.5]), lo, qp, "round")
+
+
 def test_importing_the_kernels_loads_no_model_code():
     """minitbt.kernels stands alone: importing it loads neither the model (nn) nor the quantizers."""
     import subprocess

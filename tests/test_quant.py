@@ -264,6 +264,31 @@ def test_elastic_quantizer(seed, shape, bits, signed, centre, lsq, a):
     assert len(levels) <= (2 if bits == 1 else 2 * Qp + 1 if signed else Qp + 1)
 
 
+@pytest.mark.parametrize("bits,signed,binary_zero", [(1, True, "plus"), (1, True, "zero"), (2, True, "plus"),
+                                                      (8, True, "plus"), (1, False, "plus"), (2, False, "plus")])
+def test_elastic_float32_compiled_equals_numpy(monkeypatch, bits, signed, binary_zero):
+    """In float32 the elastic quantizer's forward runs the compiled kernels.fake_quantize; the
+    output, dL/dx and dL/da are bit for bit those of the NumPy reference (kernels._core = None),
+    exact ties of the levels included."""
+    from minitbt import kernels
+    rng = np.random.default_rng(bits)
+    x = rng.standard_normal((5, 7, 37)).astype(np.float32)
+    x[0] = (rng.integers(-4, 4, x[0].shape) + np.float32(0.5)) * np.float32(0.25)   # ties of u = x / 0.25
+    if not signed:
+        x = np.abs(x)
+    G = rng.standard_normal(x.shape).astype(np.float32)
+
+    def run():
+        q = Q.ElasticQuantizer(bits, signed, centre=False, lsq_grad_scale=True, init_scale=0.25,
+                               binary_zero=binary_zero)
+        y, gx = fwd_bwd(q, x, G)
+        return y, gx, q.scale.grad
+    compiled = run()
+    monkeypatch.setattr(kernels, "_core", None)
+    for c, n in zip(compiled, run()):
+        assert c.dtype == n.dtype == np.float32 and np.array_equal(c.view(np.uint32), n.view(np.uint32))
+
+
 @FAST
 @given(seeds, act_shapes, st.sampled_from([1, 2, 3]), st.floats(0.2, 2.0))
 def test_elastic_shift_min(seed, shape, bits, a):

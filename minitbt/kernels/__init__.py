@@ -17,7 +17,8 @@ One concept per file:
 * ``int8.py``     -- ternary x int8 (W2A8 / W1A8);
 * ``signadd.py``  -- ternary x float32 with additions only;
 * ``lut.py``      -- k-bit binary-coding weights x float32 by table look-up (BiQGEMM / T-MAC);
-* ``quantize.py`` -- float32 rows -> int8 codes and a scale per row (the input of ``int8.py``);
+* ``quantize.py`` -- float32 rows -> int8 codes and a scale per row (the input of ``int8.py``), and
+  ``fake_quantize``, the training forward of the learned-scale activation quantizers;
 * ``paths.py``    -- which compiled path runs (portable C, AVX2, AVX-512): ``info()``, ``use_path``;
 * ``_checks.py``  -- the input validation they share.
 
@@ -64,7 +65,7 @@ __all__ = [
     "BinaryCodingLUTWeights", "prepare_bcq_lut", "gemm_bcq_lut", "quantize_rows_i8",
     "gemm_xnor_ref", "gemm_and_pm1_ref", "gemm_bitplane_ref", "gemm_bitplane_pm1_ref",
     "gemm_ternary_ternary_ref", "gemm_ternary_int8_ref", "gemm_signadd_f32_ref", "gemm_bcq_lut_ref",
-    "quantize_rows_i8_ref", "info", "kernel_path", "set_kernel_path", "use_path",
+    "quantize_rows_i8_ref", "fake_quantize", "fake_quantize_ref", "info", "kernel_path", "set_kernel_path", "use_path",
     "available_paths",
 ]
 
@@ -104,6 +105,7 @@ from minitbt.kernels.signadd import (  # noqa: E402
     prepare_signadd)
 from minitbt.kernels.lut import (  # noqa: E402
     BinaryCodingLUTWeights, gemm_bcq_lut, gemm_bcq_lut_ref, prepare_bcq_lut)
-from minitbt.kernels.quantize import quantize_rows_i8, quantize_rows_i8_ref  # noqa: E402
+from minitbt.kernels.quantize import (  # noqa: E402
+    fake_quantize, fake_quantize_ref, quantize_rows_i8, quantize_rows_i8_ref)
 from minitbt.kernels.paths import (  # noqa: E402
     available_paths, info, kernel_path, set_kernel_path, use_path)

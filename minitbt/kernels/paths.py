@@ -36,6 +36,8 @@ INSTRUCTIONS = {
                          "avx512": "vpermps zmm: 16 rows per look-up"},
     "gemm_bcq_lut": {"portable": "table look-up and float adds, one row at a time",
                      "avx2": "vpermps: 8 rows per look-up"},
+    "fake_quantize": {"portable": "the NumPy reference (scalar C is no faster)",
+                      "avx2": "vroundps and vblendvps, 8 values per step"},
 }
 
 

@@ -52,3 +52,47 @@ def quantize_rows_i8(x: np.ndarray, qp: float, clip: float = None, tol: float = 
     kernels._core.quantize_rows_i8(x, -1.0 if clip is None else float(clip), float(qp), float(tol), float(TINY),
                                    codes, scale)
     return codes, scale
+
+
+FAKE_QUANT_MODES = ("levels", "plus", "zero")   # k levels; signed binary with sign(0) = +1; with 0 kept at 0
+
+
+def fake_quantize_ref(x: np.ndarray, a, lo: int, qp: int, mode: str = "levels"):
+    """The training forward of a learned-scale activation quantizer (quant.activation.ElasticQuantizer):
+    (q, dq/da, inside) for x of any shape, scale a > 0 (a scalar or a size-1 array):
+
+        u = x / a
+        "levels":  q = clip(round_ties(u, Qp), lo, Qp);  inside = lo < u < Qp;  dq/da = q - u inside, q outside
+        "plus":    q = sign_ties(u) in {-1, +1};  inside = |u| < 1;  dq/da = q            (signed binary)
+        "zero":    q = sign_ties(u, zero=True) in {-1, 0, +1}; inside and dq/da as "plus"
+
+    dq/da is the LSQ form (Esser et al., ICLR 2020; quant/scale.py). The fake-quantized value is
+    q * a (+ the quantizer's offset). Any float dtype; the result keeps it."""
+    from minitbt.quant.base import round_ties, sign_ties     # here: importing kernels loads no quant
+    u = x / a
+    if mode == "levels":
+        q = np.clip(round_ties(u, qp), lo, qp)
+        inside = (u > lo) & (u < qp)
+        return q, np.where(inside, q - u, q), inside
+    q = sign_ties(u, zero=mode == "zero")
+    return q, q, np.abs(u) < 1
+
+
+def fake_quantize(x: np.ndarray, a, lo: int, qp: int, mode: str = "levels"):
+    """fake_quantize_ref's result, from one compiled pass where x is float32 (any shape; a copy is
+    made if it is not C-contiguous) and the kernel path is AVX2 or AVX-512: bit for bit the same
+    values (tests/test_kernels.py). Elsewhere the reference runs: other dtypes (float64 in the
+    gradient checks), the portable path (scalar C is no faster than NumPy here), no extension.
+    No finiteness check: this is the training forward, where a NaN stays a NaN as in NumPy."""
+    if mode not in FAKE_QUANT_MODES:
+        raise ValueError(f"mode must be one of {FAKE_QUANT_MODES}, got {mode!r}")
+    a32 = np.asarray(a)
+    if kernels._core is None or x.dtype != np.float32 or a32.dtype != np.float32 or a32.size != 1:
+        return fake_quantize_ref(x, a, lo, qp, mode)
+    x = np.ascontiguousarray(x)
+    q, dqda = np.empty_like(x), np.empty_like(x)
+    inside = np.empty(x.shape, dtype=np.bool_)
+    if not kernels._core.fake_quant_f32(x, float(a32.reshape(())), float(lo), float(qp),
+                                        FAKE_QUANT_MODES.index(mode), q, dqda, inside.view(np.uint8)):
+        return fake_quantize_ref(x, a, lo, qp, mode)
+    return q, dqda, inside

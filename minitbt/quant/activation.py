@@ -118,28 +118,29 @@ class ElasticQuantizer(LearnedScale):
         return k * np.abs(xs).mean() / np.sqrt(self.qp)
 
     def _quantize(self, x):
+        """(q, a, offset, dq/da, inside): the codes as floats and what the backward needs, from
+        kernels.fake_quantize (one compiled pass in float32; its reference is the equations above
+        with round_ties / sign_ties)."""
+        from minitbt.kernels.quantize import fake_quantize   # here: importing quant loads no kernels
         xs, offset = self._shifted(x)
         a = self._a(x)
-        u = xs / a
         if self.signed and self.precision == 1:
-            q = _binary_levels(u, self.binary_zero)
-            inside = np.abs(u) < 1
+            mode = self.binary_zero   # "plus": sign(0) = +1; "zero": an exact 0 stays 0
         else:
-            q = np.clip(round_ties(u, self.qp), self.lo, self.qp)
-            inside = (u > self.lo) & (u < self.qp)
-        return q, a, offset, u, inside
+            mode = "levels"
+        q, dqda, inside = fake_quantize(xs, a, self.lo, self.qp, mode)
+        return q, a, offset, dqda, inside
 
     def forward(self, x: Tensor) -> Tensor:
         xd = x.data
         self._maybe_init(xd)
-        q, a, offset, u, inside = self._quantize(xd)
+        q, a, offset, dqda, inside = self._quantize(xd)
         y = q * a + offset
-        binary_signed = self.signed and self.precision == 1
         gscale = lsq_grad_factor(xd.size, self.qp) if self.lsq_grad_scale else 1.0
 
         def backward(g):
             gx = g * inside
-            ga = (g * q).sum() if binary_signed else lsq_scale_grad(g, q, u, inside).sum()
+            ga = (g * dqda).sum()      # dq/da: round(u) - u inside, the clip level outside; sign(X') at 1 bit
             return gx, np.full(self.scale.data.shape, ga * gscale, dtype=self.scale.data.dtype)
         return Tensor.make(y.astype(xd.dtype, copy=False), (x, self.scale), backward, "elastic_quant")
 
