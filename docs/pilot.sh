@@ -45,6 +45,8 @@ r2() {
         code)      echo "$BASE --quant tbt-code-$bits $LC" ;;
         seqkd)     echo "${BASE/--task data\/ddtp-en-de/--task $SEQKD_TASK} --quant $bits $LC" ;;
         kdt2)      echo "$BASE --quant $bits $LC --kd-temperature 2" ;;
+        logitkd)   echo "$BASE --quant $bits $LC --kd-hidden 0 --kd-attn 0" ;;     # no hidden / attention MSE
+        mse01)     echo "$BASE --quant $bits $LC --kd-hidden 0.1 --kd-attn 0.1" ;; # the MSE terms at 1/10
         lrhi)      echo "${BASE/--lr $LR/--lr 1e-3} --quant $bits $LC" ;;
         lrlo)      echo "${BASE/--lr $LR/--lr 2.5e-4} --quant $bits $LC" ;;
         long)      local b=${BASE/--max-minutes $MINUTES/--max-minutes $((2 * MINUTES))}           # budget x2
@@ -72,9 +74,9 @@ flags() {
 
 CANDIDATES="tbt-2-2-2 lsq-2-2-2 clipsep-2-2-2 lsq-clipsep-2-2-2 tbt-1-1-1 lsq-1-1-1 clipsep-1-1-1 lsq-clipsep-1-1-1
             lc+subln-2-2-2 lc+code-2-2-2 lc+paretoq-2-2-2 lc+seqkd-2-2-2 lc+stage-2-2-8 lc+multistep-2-2-2
-            lc+kdt2-2-2-2 lc+lrhi-2-2-2 lc+lrlo-2-2-2 lc+long-2-2-2
+            lc+kdt2-2-2-2 lc+lrhi-2-2-2 lc+lrlo-2-2-2 lc+long-2-2-2 lc+logitkd-2-2-2 lc+mse01-2-2-2
             lc+subln-1-1-1 lc+code-1-1-1 lc+bit-1-1-1 lc+paretoq-1-1-1 lc+seqkd-1-1-1 lc+stage-1-1-8
-            lc+multistep-1-1-1 lc+kdt2-1-1-1 lc+lrhi-1-1-1 lc+lrlo-1-1-1 lc+long-1-1-1"
+            lc+multistep-1-1-1 lc+kdt2-1-1-1 lc+lrhi-1-1-1 lc+lrlo-1-1-1 lc+long-1-1-1 lc+logitkd-1-1-1 lc+mse01-1-1-1"
 
 table() {
     python - "$OUT" <<'EOF'

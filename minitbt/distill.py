@@ -32,27 +32,30 @@ from minitbt.data import PAD
 from minitbt.tensor import no_grad
 
 
-def _record(model, on: bool):
-    model.record_states = on
+def _record(model, states: bool, attn: bool):
+    """Keep the hidden states (model.states) and the attention maps (each module's .attn) of the
+    next forward; _record(model, False, False) stops and drops them. A model that records no maps
+    runs the fused attention kernel where it has no quantizers (nn/attention.py)."""
+    model.record_states = states
     for m in model.attention_modules():
-        m.record_attn = on
-        if not on:
+        m.record_attn = attn
+        if not attn:
             m.attn = None
-    if not on:
+    if not states:
         model.states = None
 
 
-def teacher_targets(teacher, batch, temperature: float = 1.0):
-    """Run the frozen teacher once: its probabilities softmax(z / T), hidden states and attention
-    maps (arrays)."""
-    _record(teacher, True)
+def teacher_targets(teacher, batch, temperature: float = 1.0, hidden: bool = True, attn: bool = True):
+    """Run the frozen teacher once: its probabilities softmax(z / T), and its hidden states and
+    attention maps (lists of arrays; empty when not asked for)."""
+    _record(teacher, hidden, attn)
     try:
         with no_grad():
             logits = teacher(batch.src, batch.tgt_in).data
-        hidden = [h.data for h in teacher.states["encoder"] + teacher.states["decoder"]]
-        attn = [m.attn.data for m in teacher.attention_modules()]
+        hidden = [h.data for h in teacher.states["encoder"] + teacher.states["decoder"]] if hidden else []
+        attn = [m.attn.data for m in teacher.attention_modules()] if attn else []
     finally:
-        _record(teacher, False)
+        _record(teacher, False, False)
     # in place: the teacher's logits are a fresh array that nothing else holds (no graph under no_grad)
     p = logits
     if temperature != 1:
@@ -67,14 +70,15 @@ def distillation_loss(student, teacher, batch, cfg):
     """The TBT loss above; weights from cfg (kd_logits, kd_hidden, kd_attn; CE weight 1) and the
     temperature cfg.kd_temperature (1 if the config has none)."""
     T = float(getattr(cfg, "kd_temperature", 1.0))
-    p_t, hidden_t, attn_t = teacher_targets(teacher, batch, T)
-    _record(student, True)
+    want_h, want_a = bool(cfg.kd_hidden), bool(cfg.kd_attn)     # a term with weight 0 is not computed
+    p_t, hidden_t, attn_t = teacher_targets(teacher, batch, T, want_h, want_a)
+    _record(student, want_h, want_a)
     try:
         logits = student(batch.src, batch.tgt_in)                               # (B, T, V)
-        hidden_s = student.states["encoder"] + student.states["decoder"]
-        attn_s = [m.attn for m in student.attention_modules()]
+        hidden_s = student.states["encoder"] + student.states["decoder"] if want_h else []
+        attn_s = [m.attn for m in student.attention_modules()] if want_a else []
     finally:
-        _record(student, False)
+        _record(student, False, False)
     V = logits.shape[-1]
     flat = logits.reshape(-1, V)
     target = batch.tgt_out.reshape(-1)

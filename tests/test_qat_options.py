@@ -106,6 +106,36 @@ def test_kd_temperature_loss_and_gradient():
         replace(cfg, kd_temperature=0.0).validate()
 
 
+def test_terms_with_weight_zero_are_not_computed(monkeypatch):
+    """kd_hidden = kd_attn = 0: no MSE is computed and neither model keeps its attention maps or
+    hidden states (the FP teacher then runs its fused attention kernel); with the weights back at 1
+    both MSE terms are there (two kinds of call: hidden states and attention maps)."""
+    from minitbt import distill
+    from minitbt.data import Batch
+    kw = dict(vocab_size=12, d_model=8, n_heads=2, d_ff=16, n_encoder_layers=1, n_decoder_layers=1,
+              max_len=8, dropout=0.0)
+    student, teacher = build_model(**kw, seed=1), build_model(**kw, seed=2)
+    teacher.eval()
+    rng = np.random.default_rng(0)
+    b = Batch(rng.integers(3, 12, (2, 5)), rng.integers(3, 12, (2, 4)), rng.integers(3, 12, (2, 4)), np.arange(2))
+    calls, recorded = [], []
+    real_mse, real_tt = distill.F.mse_loss, distill.teacher_targets
+
+    def spy_tt(*a, **k):
+        out = real_tt(*a, **k)
+        recorded.append((len(out[1]), len(out[2])))
+        return out
+    monkeypatch.setattr(distill.F, "mse_loss", lambda *a: calls.append(a[1].shape) or real_mse(*a))
+    monkeypatch.setattr(distill, "teacher_targets", spy_tt)
+    cfg = config_from_preset("test")
+    distill.distillation_loss(student, teacher, b, replace(cfg, kd_hidden=0.0, kd_attn=0.0))
+    assert calls == [] and recorded == [(0, 0)]
+    assert student.states is None and all(m.attn is None for m in student.attention_modules())
+    distill.distillation_loss(student, teacher, b, replace(cfg, kd_hidden=1.0, kd_attn=1.0))
+    n_hidden, n_attn = recorded[-1]
+    assert n_hidden == 4 and n_attn == 3 and len(calls) == n_hidden + n_attn     # embedding + layer outputs; 3 maps
+
+
 # ---- --quant-options --------------------------------------------------------------------------------
 def test_quant_options_through_training_and_resume(task, tmp_path):
     task_dir, fp = task
