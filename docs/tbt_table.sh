@@ -4,6 +4,7 @@
 #
 #     bash docs/tbt_table.sh ddtp-fp ddtp-2-2-8       # score the FP row, then train and score a row
 #     bash docs/tbt_table.sh list                      # the row names
+#     DRY=1 bash docs/tbt_table.sh ddtp-2-2-2          # print a row's command without running it
 #     python docs/tbt_table.py runs/table              # the tables, from runs/table/<row>/
 #
 # Every row starts from its task's FP teacher (--init) and distils from it (--teacher), one BLAS
@@ -70,6 +71,15 @@ keep() {   # keep ROW METRIC: copy the row's log and scores into docs/, draw its
 }
 
 for name in "$@"; do
+    if [ "${DRY:-0}" = 1 ]; then                      # print, run nothing
+        case "$name" in
+            ddtp-fp) echo "minitbt --threads 1 eval --model $DDTP_FP --split test --packed $DDTP_EVAL" ;;
+            summ-fp) echo "minitbt --threads 1 eval --model $SUMM_FP --split test --packed $SUMM_EVAL" ;;
+            *) args=$(row "$name") || { echo "unknown row $name; rows: $ROWS" >&2; exit 2; }
+               echo "minitbt --threads 1 train" $args "--out $OUT/$name" ;;
+        esac
+        continue
+    fi
     mkdir -p "$OUT/$name"
     case "$name" in
         ddtp-fp) score "$DDTP_FP" "$name" $DDTP_EVAL; keep "$name" bleu; continue ;;
