@@ -7,13 +7,18 @@ from a frozen teacher when training a quantized student) -> backward -> clip -> 
 Checkpoints (``<out>/last.npz``, ``<out>/best.npz``) hold weights, optimizer moments, both
 configs, the step, the position in the epoch and the dropout RNG, so ``--resume`` continues
 bit for bit. Every validation appends a line to ``<out>/metrics.jsonl`` and a row to ``<out>/metrics.csv``.
+SIGTERM (``kill PID``) or Ctrl-C ends the step in progress, writes ``<out>/last.npz`` and returns, so a
+run stopped by hand (the end of a working day) loses nothing; ``--resume`` continues it bit for bit.
 ``accumulate = N`` takes N micro-batches per optimizer step (``accumulate_gradients``).
 """
 import csv
 import json
 import math
 import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
@@ -201,8 +206,34 @@ def _progress(total, initial):
         return None
 
 
+@contextmanager
+def _stop_requests():
+    """A dict whose "signal" becomes the name of a SIGTERM or SIGINT received inside the block
+    (instead of the default: die, or KeyboardInterrupt); the handlers are put back on exit.
+    Outside the main thread (where Python cannot install handlers) the signals keep their default."""
+    asked = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+
+    def handler(signum, frame):
+        asked["signal"] = signal.Signals(signum).name
+    before = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield asked
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, allow_change=()) -> dict:
-    """Train as configured; returns the last validation record."""
+    """Train as configured; returns the last validation record (or, when a SIGTERM or SIGINT
+    stopped it between validations, {"step": ..., "stopped_by": "SIGTERM"}, with last.npz written)."""
+    with _stop_requests() as asked:
+        return _train(cfg, resume, quiet, allow_change, asked)
+
+
+def _train(cfg, resume, quiet, allow_change, asked) -> dict:
     cfg.validate()
     info = task_info(cfg.task)
     tokenizer = load_tokenizer(cfg.task)
@@ -264,6 +295,8 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, allow_cha
     while state["step"] < cfg.max_steps:
         if cfg.max_minutes and state["train_seconds"] >= 60 * cfg.max_minutes:
             break
+        if asked["signal"]:                               # stopped by hand: checkpoint below, then return
+            break
         micro = []
         for _ in range(cfg.accumulate):
             if state["batch_in_epoch"] >= len(epoch_batches):
@@ -313,8 +346,14 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, allow_cha
             t_last = time.perf_counter()                  # validation time is not training time
     if bar is not None:
         bar.close()
-    if not record or record["step"] != state["step"]:     # stopped by the time limit between evals
+    if not record or record["step"] != state["step"]:     # stopped between evals (time limit, signal)
         save(last_path)
+    if asked["signal"]:
+        if not quiet:
+            print(f"{asked['signal']}: stopped after step {state['step']}; {last_path} written, "
+                  f"continue with --resume")
+        if record.get("step") != state["step"]:
+            record = {"step": state["step"], "stopped_by": asked["signal"]}
     return record
 
 

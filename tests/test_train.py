@@ -79,6 +79,36 @@ def test_resume_is_exact(task, tmp_path):
     assert [r["step"] for r in log] == [6, 12] and "bleu" in log[-1]
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_checkpoints_and_resume_is_exact(task, tmp_path, monkeypatch, sig):
+    """kill PID (SIGTERM) or Ctrl-C (SIGINT) during step 3: the step ends, last.npz is written at
+    step 3 (between validations) and train returns; --resume then ends where a straight run does,
+    weights bit for bit. The handlers are put back afterwards."""
+    import signal
+    import minitbt.train as T
+    straight = _cfg(task, tmp_path / "a", max_steps=8, eval_every=4)
+    train(straight, quiet=True)
+    real, calls = T.accumulate_gradients, []
+
+    def step_then_signal(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(getattr(signal, sig))
+        return real(*a, **k)
+    monkeypatch.setattr(T, "accumulate_gradients", step_then_signal)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    record = train(_cfg(task, tmp_path / "b", max_steps=8, eval_every=4), quiet=True)
+    assert record == {"step": 3, "stopped_by": sig}
+    assert checkpoint.load(str(tmp_path / "b" / "last.npz"))[1]["train_state"]["step"] == 3
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    monkeypatch.setattr(T, "accumulate_gradients", real)
+    train(_cfg(task, tmp_path / "b", max_steps=8, eval_every=4), resume=True, quiet=True)
+    a, _ = load_model(str(tmp_path / "a" / "last.npz"))
+    b, _ = load_model(str(tmp_path / "b" / "last.npz"))
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        np.testing.assert_array_equal(pa.data, pb.data, err_msg=name)
+
+
 def test_refuses_to_overwrite_a_run(task, tmp_path):
     cfg = _cfg(task, tmp_path / "r", max_steps=2, eval_every=2)
     train(cfg, quiet=True)
