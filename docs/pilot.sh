@@ -16,7 +16,8 @@
 # reaches in MINUTES (1,000 for the shipped d_model 128 teacher at 1-1-1; fewer for a wider one),
 # the same for every candidate. lc+multistep-* starts from lc+stage-* (run that first), lc+seqkd-* from
 # seqkd-data. A candidate writes $OUT/<name>/ and $OUT/<name>.log (OUT=runs/pilot by default); one
-# that was cut off (its last.npz is there) continues with --resume when it is named again.
+# that was cut off (its last.npz is there) continues with --resume when it is named again. When it ends,
+# its metrics log is copied to docs/runs/pilot/<name>.metrics.jsonl (commit it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -128,4 +129,6 @@ print(json.dumps(sequence_kd_task(sys.argv[1], 'data/ddtp-en-de', sys.argv[2], b
         minitbt --threads 1 train $args --out "$OUT/$name" > "$OUT/$name.log" 2>&1
     fi
     tail -n 1 "$OUT/$name.log"
+    mkdir -p docs/runs/pilot                           # the log docs/results.md cites (runs/ may not survive)
+    cp "$OUT/$name/metrics.jsonl" "docs/runs/pilot/$name.metrics.jsonl"
 done
