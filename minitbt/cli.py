@@ -13,7 +13,8 @@
 ``--threads N`` sets the BLAS thread count. Errors in the input (a missing
 file, an unknown task, an empty text, a corrupt checkpoint, a bad option value, an output path
 that cannot be written) end with a one-line message and exit 2; Ctrl-C ends with one line and
-exit 130. docs/training.md lists what is checked.
+exit 130 (``train`` first ends its step and writes last.npz; ``kill`` does the same, exit 143).
+docs/training.md lists what is checked.
 """
 import argparse
 import os

@@ -41,6 +41,10 @@ def train(args):
         cfg = config_from_preset(args.preset or "tiny", **overrides)
     record = run(cfg, resume=args.resume, allow_change=allow)
     print(json.dumps(record))
+    if record.get("stopped_by"):                   # kill or Ctrl-C: the run is saved, the exit says why
+        print(f"minitbt train: interrupted ({record['stopped_by']}) after step {record['step']}; "
+              f"{os.path.join(cfg.out, 'last.npz')} written, continue with --resume", file=sys.stderr)
+        return 130 if record["stopped_by"] == "SIGINT" else 143
     return 0
 
 

@@ -227,8 +227,9 @@ def _stop_requests():
 
 
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, allow_change=()) -> dict:
-    """Train as configured; returns the last validation record (or, when a SIGTERM or SIGINT
-    stopped it between validations, {"step": ..., "stopped_by": "SIGTERM"}, with last.npz written)."""
+    """Train as configured; returns the last validation record. When a SIGTERM or SIGINT stopped
+    it (last.npz written), the record has "stopped_by": "SIGTERM" or "SIGINT" (between validations
+    it is {"step": ..., "stopped_by": ...})."""
     with _stop_requests() as asked:
         return _train(cfg, resume, quiet, allow_change, asked)
 
@@ -348,12 +349,9 @@ def _train(cfg, resume, quiet, allow_change, asked) -> dict:
         bar.close()
     if not record or record["step"] != state["step"]:     # stopped between evals (time limit, signal)
         save(last_path)
-    if asked["signal"]:
-        if not quiet:
-            print(f"{asked['signal']}: stopped after step {state['step']}; {last_path} written, "
-                  f"continue with --resume")
-        if record.get("step") != state["step"]:
-            record = {"step": state["step"], "stopped_by": asked["signal"]}
+    if asked["signal"]:                                    # the caller says it (the CLI: one line, 130 / 143)
+        record = {**(record if record.get("step") == state["step"] else {"step": state["step"]}),
+                  "stopped_by": asked["signal"]}
     return record
 
 

@@ -181,7 +181,9 @@ def test_sigint_gives_one_line(task, tmp_path):
     _, err = p.communicate(timeout=60)
     err = err.decode()
     assert p.returncode == 130 and "Traceback" not in err
-    assert "minitbt train: interrupted" in err
+    assert "minitbt train: interrupted (SIGINT)" in err and "continue with --resume" in err
+    assert sum("minitbt train:" in line for line in err.splitlines()) == 1     # one line (besides the progress bar)
+    assert (tmp_path / "o" / "last.npz").exists()                                # and the run is saved
 
 
 # ---- settings are never silently changed ----------------------------------------------------------
