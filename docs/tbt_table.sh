@@ -35,16 +35,21 @@ SUMM_EVAL="--task data/debian-summ --beam 4"
 
 # row -> its training flags. A8 rows learn at 2.5e-4 (TBT's fine-tuning rate); A2/A1 rows at 1e-3, twice
 # TBT's 5e-4: the pilot's winner at both 2-2-2 and 1-1-1 (docs/quantization.md, "What the pilot chose").
+# The 1-1-1 rows are BiT's multi-step distillation, also the pilot's winner: the task's 1-1-8 row (its
+# best.npz) is their teacher and their initial weights, so they run after it.
+stage() { echo "$1" | sed "s|--teacher [^ ]*|--teacher $2|; s|--init [^ ]*|--init $2|"; }
 row() {
     case "$1" in
         ddtp-2-2-8|ddtp-1-1-8)   echo "$DDTP --quant ${1#ddtp-} --lr 2.5e-4" ;;
-        ddtp-2-2-2|ddtp-1-1-1)   echo "$DDTP --quant ${1#ddtp-} --lr 1e-3" ;;
+        ddtp-2-2-2)              echo "$DDTP --quant 2-2-2 --lr 1e-3" ;;
+        ddtp-1-1-1)              echo "$(stage "$DDTP" "$OUT/ddtp-1-1-8/best.npz") --quant 1-1-1 --lr 1e-3" ;;
         # the baselines and the 2-2-2 ablation (TBT Table 3): TWN/BWN weights with min-max activations,
         # + learned activations, + statistics-based weights, + both (= ddtp-2-2-2)
         ddtp-twn-2-2-2|ddtp-bwn-1-1-1|ddtp-twn+elastic-2-2-2|ddtp-stats-2-2-2)
                                  echo "$DDTP --quant ${1#ddtp-} --lr 1e-3" ;;
         summ-2-2-8|summ-1-1-8)   echo "$SUMM --quant ${1#summ-} --lr 2.5e-4" ;;
-        summ-2-2-2|summ-1-1-1)   echo "$SUMM --quant ${1#summ-} --lr 1e-3" ;;
+        summ-2-2-2)              echo "$SUMM --quant 2-2-2 --lr 1e-3" ;;
+        summ-1-1-1)              echo "$(stage "$SUMM" "$OUT/summ-1-1-8/best.npz") --quant 1-1-1 --lr 1e-3" ;;
         *) return 1 ;;
     esac
 }
@@ -80,6 +85,11 @@ for name in "$@"; do
         esac
         continue
     fi
+    case "$name" in
+        *-1-1-1) stage_model="$OUT/${name%-1-1-1}-1-1-8/best.npz"
+                 [ -f "$stage_model" ] || [ -f "$OUT/$name/last.npz" ] || [ "$name" = ddtp-bwn-1-1-1 ] || {
+                     echo "$name starts from $stage_model: run ${name%-1-1-1}-1-1-8 first" >&2; exit 2; } ;;
+    esac
     mkdir -p "$OUT/$name"
     case "$name" in
         ddtp-fp) score "$DDTP_FP" "$name" $DDTP_EVAL; keep "$name" bleu; continue ;;
