@@ -23,13 +23,16 @@ DDTP_FP=${DDTP_FP:-models/ddtp-en-de-fp.npz}
 SUMM_FP=${SUMM_FP:-models/debian-summ-fp.npz}
 OUT=${OUT:-runs/table}
 MINUTES=${MINUTES:-180}
-DDTP_STEPS=${DDTP_STEPS:-2000}     # about 5 s a step at d_model 192 beside another run
-SUMM_STEPS=${SUMM_STEPS:-2500}
+DDTP_STEPS=${DDTP_STEPS:-2800}     # about 3.5 s a step at d_model 192 beside another run (logit KD)
+SUMM_STEPS=${SUMM_STEPS:-3000}
 
+# The pilot's recipe (docs/quantization.md, "What the pilot chose"): distillation on the logits alone
+# (CE + soft CE; TBT's hidden-state and attention MSE terms off), the defaults of --quant otherwise.
 budget() { echo "--max-steps $1 --warmup $(($1 / 20)) --max-minutes $MINUTES --eval-every 250 --eval-sentences 500"; }
-DDTP="--preset small --task data/ddtp-en-de --teacher $DDTP_FP --init $DDTP_FP $(budget "$DDTP_STEPS")"
+KD="--kd-hidden 0 --kd-attn 0"
+DDTP="--preset small --task data/ddtp-en-de --teacher $DDTP_FP --init $DDTP_FP $KD $(budget "$DDTP_STEPS")"
 SUMM="--preset small --task data/debian-summ --teacher $SUMM_FP --init $SUMM_FP --max-src-len 96 --max-tgt-len 32 \
-      --batch-tokens 4000 $(budget "$SUMM_STEPS")"
+      --batch-tokens 4000 $KD $(budget "$SUMM_STEPS")"
 DDTP_EVAL="--task data/ddtp-en-de --beam 4 --split-sentences"
 SUMM_EVAL="--task data/debian-summ --beam 4"
 
