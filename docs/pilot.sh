@@ -32,7 +32,7 @@ SEQKD_TASK=$OUT/data/ddtp-en-de-seqkd
 SEQKD_BEAM=${SEQKD_BEAM:-1}
 
 BASE="--preset small --task data/ddtp-en-de --teacher $TEACHER --init $TEACHER --lr $LR --warmup $WARMUP \
-      --max-steps $STEPS --max-minutes $MINUTES --eval-every 250 --eval-sentences $EVAL_SENTENCES"
+      --max-steps $STEPS --max-minutes $MINUTES --eval-every 250 --eval-sentences $EVAL_SENTENCES --kd-hidden 1 --kd-attn 1"
 
 # Round 2: each candidate adds one change to round 1's winner, lsq-clipsep (LSQ's 1/sqrt(N Qp) scale
 # gradient, the scales clipped apart from the weights); its name is lc+<change>-E-W-A.

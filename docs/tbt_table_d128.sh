@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 DDTP_FP=${DDTP_FP:-models/ddtp-en-de-fp.npz}
 SUMM_FP=${SUMM_FP:-models/debian-summ-fp.npz}
-OLD="--clip-scales global"                       # and lsq_grad_scale=0 (with --quant, in row() below)
+OLD="--clip-scales global --kd-hidden 1 --kd-attn 1"   # and lsq_grad_scale=0 (with --quant, in row() below)
 DDTP="--preset small --task data/ddtp-en-de --teacher $DDTP_FP --init $DDTP_FP $OLD"
 SUMM="--preset small --task data/debian-summ --teacher $SUMM_FP --init $SUMM_FP $OLD \
       --max-src-len 128 --max-tgt-len 32 --batch-tokens 4000"
