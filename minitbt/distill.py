@@ -10,6 +10,9 @@ The student (quantized, initialised from the FP model) learns from a frozen teac
 with p_T(z) = softmax(z / T). TBT uses T = 1; Hinton et al. ("Distilling the Knowledge in a Neural
 Network", 2015) soften both sides with T > 1 and multiply by T^2, so that the gradient,
 dL/dz_student = T (p_T(z_s) - p_T(z_t)), keeps its size as T changes (BitDistill uses T = 5).
+TBT weights all four terms 1. minitbt's defaults (TrainConfig: kd_hidden = kd_attn = 0) keep the
+first two only, the quantization pilot's winner (docs/quantization.md, "What the pilot chose"); a
+term with weight 0 is not computed, so neither model records its states or maps.
 
 Multi-step distillation (BiT): FP -> a higher-precision student (e.g. 1-1-8) -> 1-1-1, each
 stage the teacher of the next (``train.distill_chain``; from the command line: ``--init`` and
