@@ -209,7 +209,8 @@ def _progress(total, initial):
 @contextmanager
 def _stop_requests():
     """A dict whose "signal" becomes the name of a SIGTERM or SIGINT received inside the block
-    (instead of the default: die, or KeyboardInterrupt); the handlers are put back on exit.
+    (instead of the default: die, or KeyboardInterrupt); a second one raises KeyboardInterrupt
+    (stop at once, as before). The handlers are put back on exit.
     Outside the main thread (where Python cannot install handlers) the signals keep their default."""
     asked = {"signal": None}
     if threading.current_thread() is not threading.main_thread():
@@ -217,6 +218,8 @@ def _stop_requests():
         return
 
     def handler(signum, frame):
+        if asked["signal"]:                            # the second one: stop now, without saving
+            raise KeyboardInterrupt
         asked["signal"] = signal.Signals(signum).name
     before = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -101,6 +101,19 @@ def test_a_signal_checkpoints_and_resume_is_exact(task, tmp_path, monkeypatch, s
     assert record == {"step": 3, "stopped_by": sig}
     assert checkpoint.load(str(tmp_path / "b" / "last.npz"))[1]["train_state"]["step"] == 3
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    calls.clear()                                                  # two signals: the second stops at once
+
+    def step_then_two_signals(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(getattr(signal, sig))
+            signal.raise_signal(getattr(signal, sig))
+        return real(*a, **k)
+    monkeypatch.setattr(T, "accumulate_gradients", step_then_two_signals)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(task, tmp_path / "c", max_steps=8, eval_every=4), quiet=True)
+    assert not (tmp_path / "c" / "last.npz").exists()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     monkeypatch.setattr(T, "accumulate_gradients", real)
     train(_cfg(task, tmp_path / "b", max_steps=8, eval_every=4), resume=True, quiet=True)
     a, _ = load_model(str(tmp_path / "a" / "last.npz"))
