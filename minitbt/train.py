@@ -74,7 +74,7 @@ class TrainConfig:
     teacher: str = ""            # FP checkpoint to distil from
     kd_logits: float = 1.0
     kd_hidden: float = 0.0       # TBT's loss has 1.0 for both MSE terms; the pilot found the logits alone
-    kd_attn: float = 0.0         # better and 40% faster (docs/quantization.md, "What the pilot chose")
+    kd_attn: float = 0.0         # better and faster (docs/quantization.md, "What the pilot chose")
     kd_temperature: float = 1.0  # T of the logit distillation: softmax(z/T) targets, loss times T^2
 
     def validate(self) -> "TrainConfig":
