@@ -3,6 +3,7 @@
     python benchmarks/profile_qat_step.py                          # FP, 2-2-8, 2-2-2, 1-1-1; 1 thread
     python benchmarks/profile_qat_step.py --steps 3 --json docs/runs/profile_qat_step.json
     python benchmarks/profile_qat_step.py --recipes 2-2-2,1-1-1 --kernel-paths portable,avx2   # the quantizer kernel
+    python benchmarks/profile_qat_step.py --malloc default     # without minitbt/malloc.py's settings
 
 The `small` preset with the architecture of --model (models/ddtp-en-de-fp.npz: d_model 192, 3+3 layers,
 d_ff 768, 8k vocabulary), initialised from it; it is also the frozen teacher of the quantized recipes. One step is what
@@ -31,6 +32,9 @@ def _flags(p):
     p.add_argument("--recipes", default="fp,2-2-8,2-2-2,1-1-1", help="comma-separated; fp = full precision")
     p.add_argument("--model", default="models/ddtp-en-de-fp.npz", help="teacher and initial weights")
     p.add_argument("--task", default="data/ddtp-en-de")
+    p.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                   help="keep: reuse freed memory as training does (minitbt/malloc.py); default: the C "
+                        "library's own settings (benchmarks/bench_malloc.py compares the two)")
     p.add_argument("--kernel-paths", default="",
                    help="e.g. portable,avx2: every recipe once per kernel path, stepping in turns on the same "
                         "batches (the learned-scale quantizers run NumPy on portable, one compiled pass on avx2)")
@@ -50,6 +54,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from minitbt import distill, optim  # noqa: E402
 from minitbt.kernels import use_path  # noqa: E402
+from minitbt.malloc import keep_freed_memory  # noqa: E402
 from minitbt.data import Seq2SeqData, load_tokenizer  # noqa: E402
 from minitbt.model_io import load_model  # noqa: E402
 from minitbt.train import _initial_model, accumulate_gradients, config_from_preset  # noqa: E402
@@ -231,8 +236,10 @@ def make_step(cfg, model, teacher, opt, scales, phases: Phases):
 def main():
     from _common import header, print_table, write_json
 
+    if ARGS.malloc == "keep":
+        keep_freed_memory()
     info = header(ARGS, UNSET, extra="small preset, "
-                  f"init and teacher {ARGS.model}; 3,000-token batches of {ARGS.task}")
+                  f"init and teacher {ARGS.model}; 3,000-token batches of {ARGS.task}; malloc: {ARGS.malloc}")
     n_steps = ARGS.steps or ARGS.repeats
     tokenizer = load_tokenizer(ARGS.task)
     cfg0 = config_from_preset("small", task=ARGS.task)

@@ -128,6 +128,8 @@ def main(argv=None):
         if args.threads < 1:
             ap.error(f"--threads must be >= 1, got {args.threads}")
         _set_threads(args.threads)
+    from minitbt.malloc import keep_freed_memory
+    keep_freed_memory()              # reuse freed arrays instead of faulting in fresh pages (malloc.py)
     try:
         return _run(args)
     except KeyboardInterrupt:

@@ -28,6 +28,7 @@ from minitbt import functional as F
 from minitbt.data import PAD, Seq2SeqData, decode, load_tokenizer
 from minitbt.datasets import task_info
 from minitbt.decode import greedy
+from minitbt.malloc import keep_freed_memory
 from minitbt.distill import distillation_loss
 from minitbt.model_io import build_model, load_latent_fp, load_model, model_meta, quantize, with_copy_gate
 from minitbt.run_checks import (FIXED_ON_RESUME, FREE_ON_RESUME, TrainingDiverged, check_out_dir,  # noqa: F401
@@ -233,6 +234,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, allow_cha
     """Train as configured; returns the last validation record. When a SIGTERM or SIGINT stopped
     it (last.npz written), the record has "stopped_by": "SIGTERM" or "SIGINT" (between validations
     it is {"step": ..., "stopped_by": ...})."""
+    keep_freed_memory()              # a step's large arrays reuse freed memory (minitbt/malloc.py)
     with _stop_requests() as asked:
         return _train(cfg, resume, quiet, allow_change, asked)
 
