@@ -37,7 +37,7 @@ def _set_threads(n: int) -> None:
 
 
 def _train_parser(sub):
-    from minitbt.train import TrainConfig
+    from minitbt.config import TrainConfig
     p = sub.add_parser("train", help="train a model (full precision, or quantization-aware with --quant)")
     p.add_argument("--preset", default=None, help="tiny (the default), small or test (flags below override it)")
     p.add_argument("--resume", action="store_true", help="continue <out>/last.npz exactly, with its settings")

@@ -26,7 +26,8 @@ def train(args):
     """A new run: the preset (tiny by default) with the flags given over it. ``--resume``: the
     settings saved in <out>/last.npz, with the flags given (and a preset, if named) over them;
     train() refuses any that differ unless --allow-change names them."""
-    from minitbt.train import PRESETS, TrainConfig, config_from_preset, saved_config, train as run
+    from minitbt.config import PRESETS, TrainConfig, config_from_preset
+    from minitbt.train import saved_config, train as run
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     allow = [name.strip().replace("-", "_") for name in args.allow_change.split(",") if name.strip()]
     if allow and not args.resume:

@@ -11,6 +11,7 @@ from dataclasses import asdict, fields
 import numpy as np
 
 from minitbt import checkpoint
+from minitbt.config import TrainConfig
 from minitbt.nn import Seq2SeqTransformer, TransformerConfig
 
 CheckpointError = checkpoint.CheckpointError
@@ -102,7 +103,6 @@ def config_from_header(cls, d, what: str, where: str):
 def validate_meta(meta: dict, where: str) -> dict:
     """Check a checkpoint header against its schema; returns it unchanged or raises CheckpointError."""
     from minitbt.quant import QuantRecipe
-    from minitbt.train import TrainConfig
     if "model_config" not in meta:
         raise CheckpointError(f"{where}: checkpoint header has no model_config")
     config_from_header(TransformerConfig, meta["model_config"], "model_config", where)

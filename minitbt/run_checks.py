@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import fields
 
 from minitbt import checkpoint
+from minitbt.config import TrainConfig
 from minitbt.data import same_tokenizer
 from minitbt.model_io import config_from_header, tokenizer_from_header
 
@@ -31,7 +32,6 @@ def saved_config(out: str):
     _, meta, _ = checkpoint.load(path)
     if "train_config" not in meta or "train_state" not in meta:
         raise checkpoint.CheckpointError(f"--resume: {path} is not a training checkpoint (no train_config)")
-    from minitbt.train import TrainConfig
     return config_from_header(TrainConfig, meta["train_config"], "train_config", path)
 
 
