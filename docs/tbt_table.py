@@ -5,7 +5,8 @@
     python docs/tbt_table.py                  # runs/<row>/: the first table (docs/tbt_table_d128.sh)
 
 For each row: the test-split metric (with the decoding of the FP row's test.json), its ratio to
-the FP row of the same task, the QAT steps and training minutes (validation excluded) from the
+the FP row of the same task, issue 9's target for that ratio (BLEU for translation, ROUGE-1 for
+summarization; the four TBT presets only), the QAT steps and training minutes (validation excluded) from the
 run's last metrics line, and the validation loss of the checkpoint that was scored (best.npz:
 the validation line with the highest BLEU or ROUGE-L, at the step given in brackets).
 """
@@ -41,6 +42,19 @@ TABLES = {
 }
 
 
+# issue 9's targets: the ratio to FP on the test split of BLEU (translation) and ROUGE-1 (summarization)
+TARGETS = {"2-2-8": (0.95, 0.97), "1-1-8": (0.92, 0.95), "2-2-2": (0.82, 0.91), "1-1-1": (0.66, 0.79)}
+
+
+def _target(row, scores, fp):
+    """'>= 0.82: met' for a preset row of the TBT recipe; '' for FP, the baselines and the ablation."""
+    task, _, preset = row.partition("-")
+    if preset not in TARGETS or not (scores and fp):
+        return ""
+    key, need = ("bleu", TARGETS[preset][0]) if task == "ddtp" else ("rouge1", TARGETS[preset][1])
+    return f"≥ {need:.2f}: {'met' if scores[key] / fp[key] >= need else 'missed'}"
+
+
 def _read(row, key):
     test = _path(row, "test.json")
     if not os.path.exists(test):
@@ -70,12 +84,12 @@ def main(argv=None):
             decoding += ", sentence by sentence" if fp.get("split_sentences") else ""
             decoding = f" ({decoding})"
         print(f"\n**{title}{decoding}**\n")
-        print("| model | " + " | ".join(f"{k} (ratio to FP)" for k in keys) + " | QAT steps (best at) | minutes | valid loss |")
-        print("|---" * (len(keys) + 4) + "|")
+        print("| model | " + " | ".join(f"{k} (ratio to FP)" for k in keys) + " | target | QAT steps (best at) | minutes | valid loss |")
+        print("|---" * (len(keys) + 5) + "|")
         for label, row in rows:
             scores, last = _read(row, key)
             if scores is None:
-                print(f"| {label} | " + " | ".join("not run" for _ in keys) + " | | | |")
+                print(f"| {label} | " + " | ".join("not run" for _ in keys) + " | | | | |")
                 continue
             cells = []
             for k in keys:
@@ -84,7 +98,7 @@ def main(argv=None):
             steps = f"{last['last_step']} ({last['step']})" if last else "-"
             minutes = f"{last['minutes']:.1f}" if last else "-"
             vloss = f"{last['valid_loss']:.3f}" if last and "valid_loss" in last else "-"
-            print(f"| {label} | " + " | ".join(cells) + f" | {steps} | {minutes} | {vloss} |")
+            print(f"| {label} | " + " | ".join(cells) + f" | {_target(row, scores, fp)} | {steps} | {minutes} | {vloss} |")
 
 
 if __name__ == "__main__":
