@@ -25,12 +25,12 @@ import numpy as np
 
 from minitbt import checkpoint, metrics, optim
 from minitbt import functional as F
-from minitbt.data import PAD, Seq2SeqData, decode, load_tokenizer
 from minitbt.config import PRESETS, TrainConfig, config_from_preset  # noqa: F401  (minitbt.train's API too)
+from minitbt.data import PAD, Seq2SeqData, decode, load_tokenizer
 from minitbt.datasets import task_info
 from minitbt.decode import greedy
-from minitbt.malloc import keep_freed_memory
 from minitbt.distill import distillation_loss
+from minitbt.malloc import keep_freed_memory
 from minitbt.model_io import build_model, load_latent_fp, load_model, model_meta, quantize, with_copy_gate
 from minitbt.run_checks import (FIXED_ON_RESUME, FREE_ON_RESUME, TrainingDiverged, check_out_dir,  # noqa: F401
                                 check_resume, check_vocabulary, saved_config)
