@@ -88,8 +88,11 @@ def main(argv=None):
         print("|---" * (len(keys) + 5) + "|")
         for label, row in rows:
             scores, last = _read(row, key)
-            if scores is None:
-                print(f"| {label} | " + " | ".join("not run" for _ in keys) + " | | | | |")
+            if scores is None:                                    # not scored: not run, or still training
+                log = _path(row, "metrics.jsonl")
+                lines = open(log).read().strip().splitlines() if os.path.exists(log) else []
+                state = f"training ({json.loads(lines[-1])['step']} steps)" if lines else "not run"
+                print(f"| {label} | " + " | ".join(state for _ in keys) + " | | | | |")
                 continue
             cells = []
             for k in keys:
