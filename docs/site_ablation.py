@@ -26,7 +26,7 @@ from minitbt.config import config_from_preset  # noqa: E402
 from minitbt.data import Seq2SeqData, load_tokenizer  # noqa: E402
 from minitbt.datasets import task_info  # noqa: E402
 from minitbt.model_io import load_model  # noqa: E402
-from minitbt.quant.base import Quantizer  # noqa: E402
+from minitbt.quant import quantizers  # noqa: E402
 from minitbt.train import _initial_model, validate  # noqa: E402
 
 # family -> does a quantizer at this module path belong to it
@@ -44,12 +44,7 @@ FAMILIES = {
 def sites(model):
     """{path: (owner module, attribute, quantizer)} of every quantizer in the model."""
     owners = dict(model.named_modules())
-    out = {}
-    for name, q in model.named_modules():
-        if isinstance(q, Quantizer) and "." in name:
-            parent, attr = name.rsplit(".", 1)
-            out[name] = (owners[parent], attr, q)
-    return out
+    return {name: (owners[name.rsplit(".", 1)[0]], name.rsplit(".", 1)[1], q) for name, q in quantizers(model)}
 
 
 def main():

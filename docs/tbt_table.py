@@ -56,16 +56,17 @@ def _target(row, scores, fp):
 
 
 def _read(row, key):
-    test = _path(row, "test.json")
-    if not os.path.exists(test):
-        return None, None
-    with open(test) as f:
-        scores = json.loads(f.read().strip().splitlines()[-1])
-    log = _path(row, "metrics.jsonl")
+    test, log = _path(row, "test.json"), _path(row, "metrics.jsonl")
+    scores = None
+    if os.path.exists(test):
+        with open(test) as f:
+            scores = json.loads(f.read().strip().splitlines()[-1])
     if not os.path.exists(log):
         return scores, None
     with open(log) as f:
         lines = [json.loads(line) for line in f if line.strip()]
+    if scores is None:                                          # still training: its last validation
+        return None, {"last_step": lines[-1]["step"]} if lines else None
     best = max(lines, key=lambda r: r[key])                  # first line with the top score
     return scores, {**best, "last_step": lines[-1]["step"], "minutes": lines[-1]["minutes"]}
 
@@ -89,9 +90,7 @@ def main(argv=None):
         for label, row in rows:
             scores, last = _read(row, key)
             if scores is None:                                    # not scored: not run, or still training
-                log = _path(row, "metrics.jsonl")
-                lines = open(log).read().strip().splitlines() if os.path.exists(log) else []
-                state = f"training ({json.loads(lines[-1])['step']} steps)" if lines else "not run"
+                state = f"training ({last['last_step']} steps)" if last else "not run"
                 print(f"| {label} | " + " | ".join(state for _ in keys) + " | | | | |")
                 continue
             cells = []
