@@ -23,14 +23,15 @@ DDTP_FP=${DDTP_FP:-models/ddtp-en-de-fp.npz}
 SUMM_FP=${SUMM_FP:-models/debian-summ-fp.npz}
 OUT=${OUT:-runs/table}
 MINUTES=${MINUTES:-180}
-DDTP_STEPS=${DDTP_STEPS:-2800}     # about 3.5 s a step at d_model 192 beside another run (logit KD)
+DDTP_STEPS=${DDTP_STEPS:-3400}     # about 3.1 s a step at d_model 192 beside another run (logit KD)
+FIRST_STEPS=2800                   # the rows started before minitbt/malloc.py, at about 3.5 s a step
 SUMM_STEPS=${SUMM_STEPS:-3000}
 
 # The pilot's recipe (docs/quantization.md, "What the pilot chose"): distillation on the logits alone
 # (CE + soft CE; TBT's hidden-state and attention MSE terms off), the defaults of --quant otherwise.
 budget() { echo "--max-steps $1 --warmup $(($1 / 20)) --max-minutes $MINUTES --eval-every 250 --eval-sentences 500"; }
 KD="--kd-hidden 0 --kd-attn 0"
-DDTP="--preset small --task data/ddtp-en-de --teacher $DDTP_FP --init $DDTP_FP $KD $(budget "$DDTP_STEPS")"
+DDTP="--preset small --task data/ddtp-en-de --teacher $DDTP_FP --init $DDTP_FP $KD"
 SUMM="--preset small --task data/debian-summ --teacher $SUMM_FP --init $SUMM_FP --max-src-len 96 --max-tgt-len 32 \
       --batch-tokens 4000 $KD $(budget "$SUMM_STEPS")"
 DDTP_EVAL="--task data/ddtp-en-de --beam 4 --split-sentences"
@@ -43,13 +44,13 @@ SUMM_EVAL="--task data/debian-summ --beam 4"
 stage() { echo "$1" | sed "s|--teacher [^ ]*|--teacher $2|; s|--init [^ ]*|--init $2|"; }
 row() {
     case "$1" in
-        ddtp-2-2-8|ddtp-1-1-8)   echo "$DDTP --quant ${1#ddtp-} --lr 2.5e-4" ;;
-        ddtp-2-2-2)              echo "$DDTP --quant 2-2-2 --lr 1e-3" ;;
-        ddtp-1-1-1)              echo "$(stage "$DDTP" "$OUT/ddtp-1-1-8/best.npz") --quant 1-1-1 --lr 1e-3" ;;
+        ddtp-2-2-8|ddtp-1-1-8)   echo "$DDTP $(budget $FIRST_STEPS) --quant ${1#ddtp-} --lr 2.5e-4" ;;
+        ddtp-2-2-2)              echo "$DDTP $(budget $FIRST_STEPS) --quant 2-2-2 --lr 1e-3" ;;
+        ddtp-1-1-1)              echo "$(stage "$DDTP" "$OUT/ddtp-1-1-8/best.npz") $(budget "$DDTP_STEPS") --quant 1-1-1 --lr 1e-3" ;;
         # the baselines and the 2-2-2 ablation (TBT Table 3): TWN/BWN weights with min-max activations,
         # + learned activations, + statistics-based weights, + both (= ddtp-2-2-2)
         ddtp-twn-2-2-2|ddtp-bwn-1-1-1|ddtp-twn+elastic-2-2-2|ddtp-stats-2-2-2)
-                                 echo "$DDTP --quant ${1#ddtp-} --lr 1e-3" ;;
+                                 echo "$DDTP $(budget "$DDTP_STEPS") --quant ${1#ddtp-} --lr 1e-3" ;;
         summ-2-2-8|summ-1-1-8)   echo "$SUMM --quant ${1#summ-} --lr 2.5e-4" ;;
         summ-2-2-2)              echo "$SUMM --quant 2-2-2 --lr 1e-3" ;;
         summ-1-1-1)              echo "$(stage "$SUMM" "$OUT/summ-1-1-8/best.npz") --quant 1-1-1 --lr 1e-3" ;;

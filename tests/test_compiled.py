@@ -5,17 +5,22 @@ fake-quantized training-time model (in float64, where only the summation order d
 runs float32 too; its linear layers give the same integers on the same kernels, and only the
 float parts (LayerNorm, scores, softmax) sum in another order. So:
 
-* 1- and 2-bit activations: the same codes, logits within 1e-4, the same greedy tokens.
+* 1- and 2-bit activations: the same codes, logits within 1e-4, the same greedy tokens; except
+  where one activation lies within float32 noise of a code boundary (the edge of round_ties'
+  window), as about one sentence in 50 of a trained ternary model does. Such a sentence passes
+  only if flipping that one code in the NumPy model gives the compiled logits to 1e-4.
 * 8-bit activations: a last-bit difference can move a value across a rounding boundary of the
   256-level code, and that code's step (about 1/127 of the row's range) reaches the logits:
   median difference ~3e-7, but up to ~0.1 (measured on 50 test sentences). Greedy tokens then
   may differ, and only where the reference's own two best logits were that close (a near-tie).
 """
+import contextlib
 import os
 
 import numpy as np
 import pytest
 
+import minitbt.kernels.quantize as kq
 from minitbt.data import BOS
 from minitbt.decode import beam_search, greedy
 from minitbt.model_io import build_model, load_model, quantize
@@ -29,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = os.path.join(ROOT, "data", "ddtp-en-de")
 TIGHT = 1e-4          # |logit difference| with 1- and 2-bit activation codes
 NEAR_TIE = 0.25       # 8-bit: a greedy divergence is allowed only where the top-2 gap is below this
+NEAR_EDGE = 1e-5      # 1-/2-bit: a code that may flip lies this close to its boundary (in steps)
 
 
 def _reference_logits(model, src_ids, tokens):
@@ -36,6 +42,57 @@ def _reference_logits(model, src_ids, tokens):
     with no_grad():
         memory, pad = model.encode(np.asarray(src_ids)[None])
         return model.decode(np.asarray(tokens)[None], memory, pad).data[0]
+
+
+@contextlib.contextmanager
+def _codes_near_edges(flip=None):
+    """Watch every learned-scale activation quantizer (kernels.quantize.fake_quantize, float32):
+    yields a list that gets, per call, (distance, call, index, u) of the value nearest a code
+    boundary, u = x/a in steps. The boundary of two codes is the edge of round_ties' window
+    around each half-integer b, |u - b| = 2^-15 max(Qp, |u|); of a binary code, u = -2^-15.
+    ``flip=(call, index)`` puts that value's code on the other side of its boundary."""
+    real, seen = kq.fake_quantize, []
+
+    def watched(x, a, lo, qp, mode="levels"):
+        q, dqda, inside = real(x, a, lo, qp, mode)
+        u = x / np.float32(a)
+        if mode == "levels":
+            b = np.floor(u) + np.float32(0.5)
+            dist = np.abs(np.abs(u - b) - 2.0 ** -15 * np.maximum(qp, np.abs(u)))
+            dist[(b < lo) | (b > qp)] = np.inf                        # beyond the clip: one code
+        else:
+            dist = np.abs(u + 2.0 ** -15)
+        j = int(np.argmin(dist))
+        seen.append((float(dist.flat[j]), len(seen), j, float(u.flat[j])))
+        if flip is not None and flip[0] == len(seen) - 1:
+            q = q.copy()
+            c = q.flat[flip[1]]
+            q.flat[flip[1]] = -c if mode != "levels" else np.clip(c + (1 if u.flat[flip[1]] > c else -1), lo, qp)
+        return q, dqda, inside
+
+    kq.fake_quantize = watched
+    try:
+        yield seen
+    finally:
+        kq.fake_quantize = real
+
+
+def _explained_by_one_flip(p, ids, toks, compiled_logits, tight, near=NEAR_EDGE):
+    """'' if flipping one NumPy activation code near its boundary (of the three nearest) gives the
+    compiled logits within tight; else why not."""
+    with _codes_near_edges() as seen:
+        ln = _reference_logits(p, ids, toks)
+    tried = []
+    for dist, call, j, u in sorted(seen)[:3]:
+        if dist > near:
+            break
+        with _codes_near_edges(flip=(call, j)):
+            diff = float(np.abs(_reference_logits(p, ids, toks) - compiled_logits).max())
+        if diff < tight:
+            return ""
+        tried.append(f"quantizer call {call}, u = {u:.7f} ({dist:.1e} from the boundary): still {diff:.3g}")
+    return (f"compiled and NumPy logits differ by {np.abs(ln - compiled_logits).max():.3g}, and no single "
+            f"code within {near} of its boundary explains it: " + ("; ".join(tried) or "none that close"))
 
 
 def _check_model(p, src, max_len, eight_bit, tight=TIGHT, n_logits=10):
@@ -50,7 +107,12 @@ def _check_model(p, src, max_len, eight_bit, tight=TIGHT, n_logits=10):
         ids = row[row != p.config.pad_id]
         toks = np.array([BOS] + ref[i], dtype=np.int32)
         lc, ln = fast.step_logits(ids, toks), _reference_logits(p, ids, toks)
-        worst = max(worst, float(np.abs(lc - ln).max()))
+        diff = float(np.abs(lc - ln).max())
+        if not eight_bit and diff >= tight:                  # a boundary crossing, or a real difference
+            why = _explained_by_one_flip(p, ids, toks, lc, tight)
+            assert not why, f"sentence {i}: {why}\n  C:     {ours[i]}\n  NumPy: {ref[i]}"
+            continue
+        worst = max(worst, diff)
         if ours[i] != ref[i]:
             assert eight_bit, f"sentence {i}: greedy tokens differ\n  C:     {ours[i]}\n  NumPy: {ref[i]}"
             j = next(t for t, (a, b) in enumerate(zip(ours[i] + [-1], ref[i] + [-1])) if a != b)
@@ -144,6 +206,26 @@ def test_compiled_float_and_fake_quantized_models(arch):
     with no_grad():
         q(src, src[:, :5])
     _check_model(q, src, 12, eight_bit=False, tight=1e-3)
+
+
+def test_boundary_crossing_rule_explains_a_flip_and_nothing_else():
+    """_check_model's one excuse at 1 and 2 bits: a difference that one flipped code explains.
+    A flipped code is found again; logits off by 0.5 in one place are not a flipped code."""
+    src = _tiny_src(3)
+    q = quantize(_tiny("post-LN relu", 3), "2-2-2").eval()
+    with no_grad():
+        q(src, src[:, :5])
+    p, ids, toks = pack_model(q), src[1], np.array([BOS, 5, 6, 7], dtype=np.int32)
+    with _codes_near_edges() as seen:
+        _reference_logits(p, ids, toks)
+    _, call, j, _ = min(seen)
+    with _codes_near_edges(flip=(call, j)):
+        flipped = _reference_logits(p, ids, toks)
+    assert np.abs(flipped - _reference_logits(p, ids, toks)).max() > TIGHT
+    assert _explained_by_one_flip(p, ids, toks, flipped, TIGHT, near=np.inf) == ""   # (random: no near tie)
+    off = compile_model(p).step_logits(ids, toks)
+    off[1, 7] += 0.5
+    assert "no single code" in _explained_by_one_flip(p, ids, toks, off, TIGHT, near=np.inf)
 
 
 def test_compiled_float_weights_runtime_matches_packed():

@@ -81,7 +81,12 @@ def _tie_tol(u: np.ndarray, span) -> np.ndarray:
 
 def round_ties(u: np.ndarray, span: float = 1) -> np.ndarray:
     """np.rint(u), with values within the tie window of a half-integer snapped onto it first
-    (then rounded half to even), so last-bit noise cannot flip the code.
+    (then rounded half to even), so that a value that is exactly a tie (an exact 0.5 step, computed
+    in two summation orders) gets one code, whatever its last bit.
+
+    The window moves the boundary between two codes to its edge; it does not remove it. A value
+    within last-bit noise of that edge can still get different codes from two summation orders
+    (tests/test_compiled.py measures it: about one sentence in 50 of a trained ternary model).
 
     ``span`` is the largest code (Qp): the noise of u = X/a grows with the range X spans in
     steps, so the window is TIE_ULPS ulps of max(span, |u|): 0.4% of a step for 8 bits in float32,
