@@ -47,6 +47,8 @@ row() {
         ddtp-2-2-8|ddtp-1-1-8)   echo "$DDTP $(budget $FIRST_STEPS) --quant ${1#ddtp-} --lr 2.5e-4" ;;
         ddtp-2-2-2)              echo "$DDTP $(budget $FIRST_STEPS) --quant 2-2-2 --lr 1e-3" ;;
         ddtp-1-1-1)              echo "$(stage "$DDTP" "$OUT/ddtp-1-1-8/best.npz") $(budget "$DDTP_STEPS") --quant 1-1-1 --lr 1e-3" ;;
+        # multi-step at 2-2-2 (not in the pilot): FP -> the 2-2-8 row -> 2-2-2, as the 1-1-1 rows do
+        ddtp-multistep-2-2-2)    echo "$(stage "$DDTP" "$OUT/ddtp-2-2-8/best.npz") $(budget "$DDTP_STEPS") --quant 2-2-2 --lr 1e-3" ;;
         # the baselines and the 2-2-2 ablation (TBT Table 3): TWN/BWN weights with min-max activations,
         # + learned activations, + statistics-based weights, + both (= ddtp-2-2-2)
         ddtp-twn-2-2-2|ddtp-bwn-1-1-1|ddtp-twn+elastic-2-2-2|ddtp-stats-2-2-2)
@@ -58,7 +60,7 @@ row() {
     esac
 }
 
-ROWS="ddtp-fp ddtp-2-2-8 ddtp-1-1-8 ddtp-2-2-2 ddtp-1-1-1 ddtp-twn-2-2-2 ddtp-bwn-1-1-1 ddtp-twn+elastic-2-2-2
+ROWS="ddtp-fp ddtp-2-2-8 ddtp-1-1-8 ddtp-2-2-2 ddtp-1-1-1 ddtp-multistep-2-2-2 ddtp-twn-2-2-2 ddtp-bwn-1-1-1 ddtp-twn+elastic-2-2-2
       ddtp-stats-2-2-2 summ-fp summ-2-2-8 summ-1-1-8 summ-2-2-2 summ-1-1-1"
 if [ "${1:-list}" = list ]; then echo $ROWS; exit 0; fi
 
@@ -89,11 +91,15 @@ for name in "$@"; do
         esac
         continue
     fi
-    case "$name" in
-        *-1-1-1) stage_model="$OUT/${name%-1-1-1}-1-1-8/best.npz"
-                 [ -f "$stage_model" ] || [ -f "$OUT/$name/last.npz" ] || [ "$name" = ddtp-bwn-1-1-1 ] || {
-                     echo "$name starts from $stage_model: run ${name%-1-1-1}-1-1-8 first" >&2; exit 2; } ;;
+    case "$name" in                                  # a multi-step row needs its stage's best.npz
+        ddtp-bwn-1-1-1)       stage_row= ;;
+        *-1-1-1)              stage_row=${name%-1-1-1}-1-1-8 ;;
+        ddtp-multistep-2-2-2) stage_row=ddtp-2-2-8 ;;
+        *)                    stage_row= ;;
     esac
+    if [ -n "$stage_row" ] && [ ! -f "$OUT/$stage_row/best.npz" ] && [ ! -f "$OUT/$name/last.npz" ]; then
+        echo "$name starts from $OUT/$stage_row/best.npz: run $stage_row first" >&2; exit 2
+    fi
     mkdir -p "$OUT/$name"
     case "$name" in
         ddtp-fp) score "$DDTP_FP" "$name" $DDTP_EVAL; keep "$name" bleu; continue ;;
