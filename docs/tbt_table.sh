@@ -25,7 +25,7 @@ OUT=${OUT:-runs/table}
 MINUTES=${MINUTES:-180}
 DDTP_STEPS=${DDTP_STEPS:-3400}     # about 3.1 s a step at d_model 192 beside another run (logit KD)
 FIRST_STEPS=2800                   # the rows started before minitbt/malloc.py, at about 3.5 s a step
-SUMM_STEPS=${SUMM_STEPS:-3000}
+SUMM_STEPS=${SUMM_STEPS:-3400}     # about the same: 3.15 s of CPU a step (2-2-2, measured 2026-12-02)
 
 # The pilot's recipe (docs/quantization.md, "What the pilot chose"): distillation on the logits alone
 # (CE + soft CE; TBT's hidden-state and attention MSE terms off), the defaults of --quant otherwise.
