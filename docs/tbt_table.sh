@@ -4,6 +4,7 @@
 #
 #     bash docs/tbt_table.sh ddtp-fp ddtp-2-2-8       # score the FP row, then train and score a row
 #     bash docs/tbt_table.sh list                      # the row names
+#     bash docs/tbt_table.sh curves                    # redraw the all-rows figures from docs/runs/table
 #     DRY=1 bash docs/tbt_table.sh ddtp-2-2-2          # print a row's command without running it
 #     python docs/tbt_table.py runs/table              # the tables, from runs/table/<row>/
 #
@@ -79,9 +80,21 @@ keep() {   # keep ROW METRIC: copy the row's log and scores into docs/, draw its
     cp "$OUT/$name/metrics.jsonl" "docs/runs/table/$name.metrics.jsonl"
     python -m minitbt.plot "$OUT/$name/metrics.jsonl" --metric "$metric" --labels "$name" \
         --out "docs/img/table/$name.png"
+    curves "${name%%-*}" "$metric"
+}
+
+curves() {   # curves TASK METRIC: every kept log of the task (docs/runs/table/TASK-*) in one figure
+    local logs
+    logs=$(ls docs/runs/table/"$1"-*.metrics.jsonl 2>/dev/null) || return 0
+    # shellcheck disable=SC2046,SC2086
+    python -m minitbt.plot $logs --metric "$2" --labels $(for f in $logs; do basename "$f" .metrics.jsonl; done) \
+        --out "docs/img/table/$1.png"
 }
 
 for name in "$@"; do
+    if [ "$name" = curves ]; then                   # redraw docs/img/table/{ddtp,summ}.png only
+        curves ddtp bleu; curves summ rougeL; continue
+    fi
     if [ "${DRY:-0}" = 1 ]; then                      # print, run nothing
         case "$name" in
             ddtp-fp) echo "minitbt --threads 1 eval --model $DDTP_FP --split test --packed $DDTP_EVAL" ;;
