@@ -76,6 +76,7 @@ keep() {   # keep ROW METRIC: copy the row's log and scores into docs/, draw its
     local name=$1 metric=$2
     mkdir -p docs/runs/table docs/img/table
     cp "$OUT/$name/test.json" "docs/runs/table/$name.test.json"
+    cp "$OUT/$name/test.hyp" "docs/runs/table/$name.test.hyp"     # for docs/score_ci.py
     [ -f "$OUT/$name/metrics.jsonl" ] || return 0        # an FP row: a score, no training
     cp "$OUT/$name/metrics.jsonl" "docs/runs/table/$name.metrics.jsonl"
     python -m minitbt.plot "$OUT/$name/metrics.jsonl" --metric "$metric" --labels "$name" \
