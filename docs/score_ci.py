@@ -42,27 +42,37 @@ def main(argv=None):
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    kind = task_info(args.task)["kind"]
-    _, refs = read_split(args.task, "test")
+    if args.resamples < 1:
+        ap.error("--resamples must be >= 1")
+
+    def fail(msg):
+        print(f"score_ci.py: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+    try:
+        kind = task_info(args.task)["kind"]
+        _, refs = read_split(args.task, "test")
+    except (OSError, ValueError) as e:
+        fail(str(e))
 
     def load(path):
+        if not os.path.isfile(path):
+            fail(f"{path}: no such file")
         with open(path, encoding="utf-8") as f:
             hyps = f.read().split("\n")[:-1]
         if len(hyps) != len(refs):
-            sys.exit(f"{path}: {len(hyps)} lines, but the test split has {len(refs)} sentences")
+            fail(f"{path}: {len(hyps)} lines, but the test split of {args.task} has {len(refs)} sentences")
         return sentence_stats(kind, hyps, refs)
 
     fp, score = load(args.fp)
+    rows = [(p, load(p)[0]) for p in args.rows if os.path.abspath(p) != os.path.abspath(args.fp)]
     idx = np.random.default_rng(args.seed).integers(0, len(refs), (args.resamples, len(refs)))
     fp_boot = np.array([score(fp[i].sum(axis=0)) for i in idx])
     metric = "BLEU" if kind == "translation" else "ROUGE-1"
     print(f"| row | {metric} | ratio to FP | 95% interval ({args.resamples} resamples) |")
     print("|---|---|---|---|")
     print(f"| {os.path.basename(args.fp).split('.')[0]} | {score(fp.sum(axis=0)):.2f} | 1.00 | |")
-    for path in args.rows:
-        if os.path.abspath(path) == os.path.abspath(args.fp):
-            continue
-        st, _ = load(path)
+    for path, st in rows:
         ratio = score(st.sum(axis=0)) / score(fp.sum(axis=0))
         boot = np.array([score(st[i].sum(axis=0)) for i in idx]) / fp_boot
         lo, hi = np.percentile(boot, [2.5, 97.5])
