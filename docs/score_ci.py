@@ -30,8 +30,8 @@ def sentence_stats(kind, hyps, refs):
         return stats, lambda s: bleu._compute_score_from_stats(list(s)).score
     from rouge_score import rouge_scorer
     scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
-    f1 = np.array([[scorer.score(r, h)["rouge1"].fmeasure] for h, r in zip(hyps, refs)])
-    return f1, lambda s: 100 * s[0] / len(f1)
+    f1 = np.array([[scorer.score(r, h)["rouge1"].fmeasure, 1.0] for h, r in zip(hyps, refs)])   # (F1, count)
+    return f1, lambda s: 100 * s[0] / s[1]
 
 
 def main(argv=None):
