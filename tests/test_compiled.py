@@ -49,7 +49,8 @@ def _codes_near_edges(flip=None):
     """Watch every learned-scale activation quantizer (kernels.quantize.fake_quantize, float32):
     yields a list that gets, per call, (distance, call, index, u) of the value nearest a code
     boundary, u = x/a in steps. The boundary of two codes is the edge of round_ties' window
-    around each half-integer b, |u - b| = 2^-15 max(Qp, |u|); of a binary code, u = -2^-15.
+    around each half-integer b, |u - b| = 2^-15 max(Qp, |u|); of a binary code (sign(0) = +1, the
+    default), u = -2^-15.
     ``flip=(call, index)`` puts that value's code on the other side of its boundary."""
     real, seen = kq.fake_quantize, []
 
