@@ -26,6 +26,7 @@ from minitbt.decode import beam_search, greedy
 from minitbt.model_io import build_model, load_model, quantize
 from minitbt.packed import pack_model
 from minitbt.packed.compiled import HAVE_DECODER, NotCompilable, compile_model
+from minitbt.quant.base import TIE_ULPS, _tie_tol
 from minitbt.tensor import no_grad
 
 pytestmark = pytest.mark.skipif(not HAVE_DECODER, reason="minitbt._decoder was not built")
@@ -59,10 +60,10 @@ def _codes_near_edges(flip=None):
         u = x / np.float32(a)
         if mode == "levels":
             b = np.floor(u) + np.float32(0.5)
-            dist = np.abs(np.abs(u - b) - 2.0 ** -15 * np.maximum(qp, np.abs(u)))
+            dist = np.abs(np.abs(u - b) - _tie_tol(u, qp))
             dist[(b < lo) | (b > qp)] = np.inf                        # beyond the clip: one code
         else:
-            dist = np.abs(u + 2.0 ** -15)
+            dist = np.abs(u + TIE_ULPS * np.finfo(u.dtype).eps)
         j = int(np.argmin(dist))
         seen.append((float(dist.flat[j]), len(seen), j, float(u.flat[j])))
         if flip is not None and flip[0] == len(seen) - 1:
