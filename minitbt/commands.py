@@ -312,6 +312,11 @@ def export(args):
         state, meta, _ = checkpoint.load(args.model)
         meta.pop("train_state", None)
         meta = {**extra, **meta} if meta.get("tokenizer") else {**meta, **extra}
+        if args.half and meta.get("quant"):               # float16, every quantized weight's code kept
+            from minitbt.model_io import half_state, load_model
+            state, moved, changed = half_state(load_model(args.model)[0])
+            print(f"float16: rounding moved {moved} weights across a quantizer threshold; "
+                  f"{moved - changed} moved back, {changed} keep a changed code")
         checkpoint.save(args.out, state, meta, half=args.half)
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB)")
     return 0

@@ -165,8 +165,52 @@ def tokenizer_from_header(meta: dict, where: str):
 
 
 def save_model(path: str, model, half: bool = False, **extra_meta) -> None:
-    """Weights only (no optimizer), e.g. a shipped model in float16 with half=True."""
-    checkpoint.save(path, model.state_dict(), {**model_meta(model), **extra_meta}, half=half)
+    """Weights only (no optimizer), e.g. a shipped model in float16 with half=True (``half_state``:
+    every quantized weight keeps its code)."""
+    state = half_state(model)[0] if half else model.state_dict()
+    checkpoint.save(path, state, {**model_meta(model), **extra_meta}, half=half)
+
+
+def half_state(model, max_steps: int = 64):
+    """``model``'s state rounded to float16, with every quantized weight's integer code kept.
+
+    Rounding a latent weight w to float16 moves it by up to 2^-11 |w|; a weight that close to a
+    threshold of its quantizer (a ternary rounding edge, the sign's 0) changes its code, and the
+    shipped file would hold another model than the one trained (the 2-2-8 translation row: 2,631 of
+    4.6 M codes). Each such weight is moved back one float16 step at a time, towards the side its
+    float32 code is on, until the codes computed from the rounded model (its float16 statistics
+    and learned scales) equal the float32 model's. Codes grow with w for every element-wise weight
+    quantizer, so the direction is known; multi-plane codes (binary coding) are only rounded.
+    The scales are recomputed from rounded weights: they differ from float32's in the last bits.
+
+    Returns (state, moved, changed): ``moved`` counts the codes that rounding changed, ``changed``
+    those that still differ (0 unless a weight could not be moved back within ``max_steps`` float16
+    steps). ``model`` is left as it was.
+    """
+    state32 = model.state_dict()
+    layers = [m for m in model.modules() if getattr(m, "weight_quantizer", None) is not None]
+    before = [m.weight_codes().codes for m in layers]               # (out, in) ints, float32 weights
+    model.load_state_dict({k: v.astype(np.float16).astype(v.dtype) if v.dtype == np.float32 else v
+                           for k, v in state32.items()})
+    moved = changed = 0
+    try:
+        for m, want in zip(layers, before):
+            w = m.weight.data                                       # float32 holding float16 values
+            moved += int((m.weight_codes().codes != want).sum())
+            for _ in range(max_steps):
+                have = m.weight_codes().codes
+                if have.shape != w.shape:                           # bit planes: no single direction
+                    break
+                off = have != want
+                if not off.any():
+                    break
+                up = np.where(want[off] > have[off], np.inf, -np.inf).astype(np.float16)
+                w[off] = np.nextafter(w[off].astype(np.float16), up).astype(w.dtype)
+            changed += int((m.weight_codes().codes != want).sum())
+        state = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in model.state_dict().items()}
+    finally:
+        model.load_state_dict(state32)
+    return state, moved, changed
 
 
 def load_model(path: str, with_optimizer: bool = False):

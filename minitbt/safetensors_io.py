@@ -33,10 +33,11 @@ KEPT = ("model_config", "quant", "tokenizer", "task", "train_config")   # what a
 
 def save_safetensors(path: str, model, half: bool = False, **extra_meta) -> None:
     """Write ``model``'s state dict and its header (config, recipe, and ``extra_meta`` such as
-    tokenizer=, task=, train_config=) to ``path``, atomically. ``half``: float32 -> float16.
-    Non-finite weights are refused, as for a checkpoint."""
+    tokenizer=, task=, train_config=) to ``path``, atomically. ``half``: float32 -> float16, every
+    quantized weight's code kept (``model_io.half_state``). Non-finite weights are refused, as for a
+    checkpoint."""
     from safetensors.numpy import save
-    from minitbt.model_io import model_meta
+    from minitbt.model_io import half_state, model_meta
     if getattr(model, "packed", False):
         raise ValueError("a packed model has no latent weights to write as safetensors: export the "
                          "quantization-aware model (it packs again after loading)")
@@ -45,11 +46,11 @@ def save_safetensors(path: str, model, half: bool = False, **extra_meta) -> None
     if unknown:
         raise ValueError(f"save_safetensors: unknown header field(s) {unknown}; known: {list(KEPT)}")
     tensors = {}
-    for name, arr in model.state_dict().items():
+    for name, arr in (half_state(model)[0] if half else model.state_dict()).items():
         arr = np.ascontiguousarray(arr)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise CheckpointError(f"not saving {path}: weight {name!r} holds non-finite values (NaN or inf)")
-        tensors[name] = arr.astype(np.float16) if half and arr.dtype == np.float32 else arr
+        tensors[name] = arr
     metadata = {"format": FORMAT, "version": VERSION}
     for key, value in meta.items():
         metadata[key] = value if key in RAW_TEXT else json.dumps(value)

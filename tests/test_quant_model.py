@@ -261,3 +261,36 @@ def test_every_quantizer_is_a_module_with_precision():
     for name, q in Q.quantizers(qm):
         assert isinstance(q, Quantizer) and isinstance(q, nn.Module)
         assert q.precision in (1, 2, 8), name
+
+
+# ---- float16 export --------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", ["2-2-8", "1-1-1", "twn-2-2-2"])
+def test_half_state_keeps_every_weight_code(spec):
+    """Rounding latent weights to float16 moves some across a threshold; half_state moves them back."""
+    from minitbt.model_io import half_state
+    model = Q.quantize_model(tiny(d_model=64, d_ff=256, vocab_size=400), spec)
+    layers = [m for m in model.modules() if getattr(m, "weight_quantizer", None) is not None]
+    for m in layers:                      # put 5% of each row near a code's edge, as training leaves some
+        w = m.weight.data
+        want = m.weight_codes().dequantize()
+        near = np.random.default_rng(0).random(w.shape) < 0.05
+        edge = (want + np.roll(want, 1, axis=-1)) / 2          # halfway between two neighbours' levels
+        w[near] = edge[near] * (1 + 1e-4)
+    codes = [m.weight_codes().codes.copy() for m in layers]
+    state32 = model.state_dict()
+    naive = Q.quantize_model(tiny(d_model=64, d_ff=256, vocab_size=400), spec)
+    naive.load_state_dict({k: v.astype(np.float16).astype(v.dtype) for k, v in state32.items()})
+    flipped = sum(int((m.weight_codes().codes != c).sum())
+                  for m, c in zip([m for m in naive.modules() if getattr(m, "weight_quantizer", None)], codes))
+    assert flipped > 0, "the test needs weights that float16 rounding moves across a threshold"
+
+    state, moved, changed = half_state(model)
+    assert moved == flipped and changed == 0 and all(v.dtype != np.float32 for v in state.values())
+    for k, v in model.state_dict().items():                   # the model itself is left as it was
+        np.testing.assert_array_equal(v, state32[k])
+    half = Q.quantize_model(tiny(d_model=64, d_ff=256, vocab_size=400), spec)
+    half.load_state_dict({k: v.astype(np.float32) for k, v in state.items()})
+    for m, c in zip([m for m in half.modules() if getattr(m, "weight_quantizer", None)], codes):
+        np.testing.assert_array_equal(m.weight_codes().codes, c)
+    for k, v in state.items():                                # and moved no weight by more than a few steps
+        np.testing.assert_allclose(v.astype(np.float32), state32[k], rtol=4e-3, atol=1e-5)
