@@ -10,8 +10,8 @@ from test_kernels import EXAMPLES, PATHS, _matmul, _rng, path  # noqa: F401  (pa
 
 from minitbt import kernels as kn
 from minitbt.kernels import _checks
-from minitbt.quant.activation import (BiTElasticBinary, ElasticQuantizer, MinMaxQuantizer,
-                                      PerChannelQuantizer, PerTokenAbsMax, SymmetricA8)
+from minitbt.quant.activation import BiTElasticBinary, ElasticQuantizer, PerChannelQuantizer
+from minitbt.quant.minmax import MinMaxQuantizer, PerTokenAbsMax, SymmetricA8
 from minitbt.tensor import Tensor
 
 KS = st.sampled_from([1, 3, 63, 64, 65, 100, 127, 128, 200, 256, 257])

@@ -83,7 +83,8 @@ def test_packed_linear_layers_are_exact():
 
 
 def _levels_quantizers():
-    from minitbt.quant.activation import ElasticQuantizer, MinMaxQuantizer, PerTokenAbsMax, SymmetricA8
+    from minitbt.quant.activation import ElasticQuantizer
+    from minitbt.quant.minmax import MinMaxQuantizer, PerTokenAbsMax, SymmetricA8
     return [SymmetricA8(), PerTokenAbsMax(), MinMaxQuantizer(4), MinMaxQuantizer(2, signed=False),
             MinMaxQuantizer(8, signed=False, clip=2.0),
             ElasticQuantizer(2, init_scale=0.25), ElasticQuantizer(1, init_scale=0.25),

@@ -14,7 +14,8 @@ import pytest
 import minitbt.quant as Q
 from minitbt import Tensor, nn, no_grad
 from minitbt.gradcheck import gradcheck
-from minitbt.quant.activation import ElasticQuantizer, MinMaxQuantizer
+from minitbt.quant.activation import ElasticQuantizer
+from minitbt.quant.minmax import MinMaxQuantizer
 
 
 def tiny(seed=0, **kw):

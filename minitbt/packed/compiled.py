@@ -24,6 +24,7 @@ from minitbt.packed.layers import PackedEmbedding, PackedLinear
 from minitbt.packed.table import FLOAT
 from minitbt.quant import activation as A
 from minitbt.quant.layers import QuantEmbedding, QuantLinear
+from minitbt.quant.minmax import MinMaxQuantizer
 from minitbt.quant.scale import SCALE_EPS
 
 try:
@@ -53,7 +54,7 @@ def _quant(q, where: str):
     """An activation quantizer as the fields of tbt_quant (None: full precision)."""
     if q is None:
         return None
-    if isinstance(q, A.MinMaxQuantizer):
+    if isinstance(q, MinMaxQuantizer):
         if not q.per_token:
             raise NotCompilable(f"{where}: a per-tensor min-max quantizer mixes tokens; decoding needs per token")
         return dict(kind=Q_MINMAX, is_signed=int(q.signed), bits=q.precision, qp=q.qp, centre=0, shift_min=0,

@@ -19,8 +19,8 @@ from minitbt.quant.ste import (STE_GRADS, ApproxSign, CustomQuantizer, Sign, app
                                custom_quantizer, identity_grad, ste_grad)
 from minitbt.quant.weight import (AbsMaxWeight, AbsMeanWeight, BinaryCodingWeight, BWNWeight, LATWeight,
                                   TBTBinaryWeight, TBTTernaryWeight, TWNWeight, WeightQuantizer)
-from minitbt.quant.activation import (BiTElasticBinary, ElasticQuantizer, MinMaxQuantizer, PerChannelQuantizer,
-                                      PerTokenAbsMax, SymmetricA8)
+from minitbt.quant.activation import BiTElasticBinary, ElasticQuantizer, PerChannelQuantizer
+from minitbt.quant.minmax import MinMaxQuantizer, PerTokenAbsMax, SymmetricA8
 from minitbt.quant.freq_embedding import FrequencyAwareBCQ, count_tokens, task_token_counts
 from minitbt.quant.layers import QuantEmbedding, QuantLinear
 from minitbt.quant.learned_weight import SEQWeight

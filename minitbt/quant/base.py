@@ -135,6 +135,13 @@ def reduce_axes(ndim: int, per_row: bool):
     return (ndim - 1,) if per_row else tuple(range(ndim))
 
 
+def finite_input(x) -> np.ndarray:
+    """The array that ``codes()`` turns into integer codes: finite, or a ValueError (the rule of
+    docs/kernels.md, "Non-finite input"; the training forward ``q(x)`` does not check)."""
+    from minitbt.kernels._checks import _check_finite   # here: importing quant loads no kernels
+    return _check_finite("x", x.data if isinstance(x, Tensor) else np.asarray(x))
+
+
 class Quantizer(Module):
     """Base class. Sub-classes set ``precision`` and implement ``forward`` and ``codes``."""
 

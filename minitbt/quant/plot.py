@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from minitbt.quant import activation as A
+from minitbt.quant import minmax as M
 from minitbt.quant import weight as W
 from minitbt.tensor import Tensor
 
@@ -37,9 +38,9 @@ def catalogue() -> list:
         ("elastic-2-unsigned", "TBT elastic activation, 2-bit unsigned", A.ElasticQuantizer(2, signed=False)),
         ("elastic-1-signed", "TBT elastic activation, 1-bit signed", A.ElasticQuantizer(1, signed=True)),
         ("bit-binary-unsigned", "BiT two-set binary activation (learned offset)", A.BiTElasticBinary(signed=False)),
-        ("minmax-2", "min-max activation, 2-bit signed", A.MinMaxQuantizer(2, signed=True)),
-        ("a8", "symmetric 8-bit activation (clip 2.5)", A.SymmetricA8()),
-        ("per-token-absmax-4", "per-token absmax activation, 4-bit", A.PerTokenAbsMax(4)),
+        ("minmax-2", "min-max activation, 2-bit signed", M.MinMaxQuantizer(2, signed=True)),
+        ("a8", "symmetric 8-bit activation (clip 2.5)", M.SymmetricA8()),
+        ("per-token-absmax-4", "per-token absmax activation, 4-bit", M.PerTokenAbsMax(4)),
     ]
 
 

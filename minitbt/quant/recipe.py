@@ -59,6 +59,7 @@ from minitbt.nn.attention import MultiHeadAttention
 from minitbt.nn.layers import Embedding, LayerNorm, Linear
 from minitbt.nn.transformer import FeedForward
 from minitbt.quant import activation as A
+from minitbt.quant import minmax as M
 from minitbt.quant import weight as W
 from minitbt.quant.base import Quantizer
 from minitbt.quant.freq_embedding import FrequencyAwareBCQ, parse_schedule
@@ -270,13 +271,13 @@ class QuantRecipe:
         if fam == "fqt":
             return A.PerChannelQuantizer(channels, bits, signed, lsq_grad_scale=self.lsq_grad_scale)
         if fam == "absmax":
-            return A.PerTokenAbsMax(bits)
+            return M.PerTokenAbsMax(bits)
         if bits == 8:
             if not signed and self.a8_unsigned == "minmax":      # 255 levels from 0 to max (see the class)
-                return A.MinMaxQuantizer(8, signed=False, clip=self.a8_clip, per_token=self.a8_per_token)
-            return A.SymmetricA8(clip=self.a8_clip, per_token=self.a8_per_token)
+                return M.MinMaxQuantizer(8, signed=False, clip=self.a8_clip, per_token=self.a8_per_token)
+            return M.SymmetricA8(clip=self.a8_clip, per_token=self.a8_per_token)
         if fam == "minmax":
-            return A.MinMaxQuantizer(bits, signed)
+            return M.MinMaxQuantizer(bits, signed)
         if fam == "bit" and bits == 1:
             return A.BiTElasticBinary(signed, lsq_grad_scale=self.lsq_grad_scale, binary_zero=self.binary_zero)
         centre = self.centre and fam != "bit"

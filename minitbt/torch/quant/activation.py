@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from minitbt.quant import activation as mA
+from minitbt.quant import minmax as mM
 from minitbt.quant.activation import SCALE_EPS      # the smallest learned scale used in the forward
 from minitbt.quant.base import signed_levels, unsigned_levels
 from minitbt.torch.quant.base import (Quantizer, lsq_grad_factor, lsq_scale_grad, reduce_dims, round_ties,
@@ -223,7 +224,7 @@ class MinMaxQuantizer(Quantizer):
         backward: 1{|X| <= c} with a clip (and X >= 0 unsigned), 1{X >= 0} unsigned, else identity
     """
 
-    minitbt_class = mA.MinMaxQuantizer
+    minitbt_class = mM.MinMaxQuantizer
     OPTIONS = ("bits", "signed", "clip", "per_token")
 
     def __init__(self, bits: int = 8, signed: bool = True, clip: float = None, per_token: bool = True):
@@ -257,7 +258,7 @@ class SymmetricA8(MinMaxQuantizer):
     """Translation of minitbt's SymmetricA8 (TBT's A8): X_c = clip(X, -2.5, 2.5), s = 127 / max|X_c|
     per token, X_q = round(X_c s) / s;  backward 1{|X| <= 2.5}."""
 
-    minitbt_class = mA.SymmetricA8
+    minitbt_class = mM.SymmetricA8
     OPTIONS = ("clip", "per_token", "bits")
 
     def __init__(self, clip: float = 2.5, per_token: bool = True, bits: int = 8):
@@ -269,7 +270,7 @@ class PerTokenAbsMax(MinMaxQuantizer):
     """Translation of minitbt's PerTokenAbsMax (BitNet b1.58): s_x = 127 / max|x| per token,
     X_q = round(x s_x) / s_x;  backward identity."""
 
-    minitbt_class = mA.PerTokenAbsMax
+    minitbt_class = mM.PerTokenAbsMax
     OPTIONS = ("bits",)
 
     def __init__(self, bits: int = 8):
