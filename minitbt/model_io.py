@@ -196,17 +196,16 @@ def half_state(model, max_steps: int = 64):
     try:
         for m, want in zip(layers, before):
             w = m.weight.data                                       # float32 holding float16 values
-            moved += int((m.weight_codes().codes != want).sum())
+            have = m.weight_codes().codes
+            moved += int((have != want).sum())
             for _ in range(max_steps):
-                have = m.weight_codes().codes
-                if have.shape != w.shape:                           # bit planes: no single direction
-                    break
                 off = have != want
-                if not off.any():
+                if have.shape != w.shape or not off.any():          # bit planes: no single direction
                     break
                 up = np.where(want[off] > have[off], np.inf, -np.inf).astype(np.float16)
                 w[off] = np.nextafter(w[off].astype(np.float16), up).astype(w.dtype)
-            changed += int((m.weight_codes().codes != want).sum())
+                have = m.weight_codes().codes
+            changed += int((have != want).sum())
         state = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in model.state_dict().items()}
     finally:
         model.load_state_dict(state32)
