@@ -26,7 +26,11 @@ OUT=${OUT:-runs/table}
 MINUTES=${MINUTES:-180}
 DDTP_STEPS=${DDTP_STEPS:-3400}     # about 3.1 s a step at d_model 192 beside another run (logit KD)
 FIRST_STEPS=2800                   # the rows started before minitbt/malloc.py, at about 3.5 s a step
-SUMM_STEPS=${SUMM_STEPS:-3400}     # about the same: 3.15 s of CPU a step (2-2-2, measured 2026-12-02)
+# Summarization rows: steps per row, each row short enough to train and be scored within one working
+# session (the run folder did not survive from one session to the next on 2026-12-02, so a cut-off
+# row could not resume); on the machine that trained them a step took about 1.7 s beside another run,
+# so MINUTES never bound. The 1-1-8 row is short so that the 1-1-1 row, its student, fits after it.
+SUMM_STEPS_2_2_8=1700 SUMM_STEPS_1_1_8=760 SUMM_STEPS_2_2_2=2000 SUMM_STEPS_1_1_1=2600
 
 # The pilot's recipe (docs/quantization.md, "What the pilot chose"): distillation on the logits alone
 # (CE + soft CE; TBT's hidden-state and attention MSE terms off), the defaults of --quant otherwise.
@@ -34,7 +38,7 @@ budget() { echo "--max-steps $1 --warmup $(($1 / 20)) --max-minutes $MINUTES --e
 KD="--kd-hidden 0 --kd-attn 0"
 DDTP="--preset small --task data/ddtp-en-de --teacher $DDTP_FP --init $DDTP_FP $KD"
 SUMM="--preset small --task data/debian-summ --teacher $SUMM_FP --init $SUMM_FP --max-src-len 96 --max-tgt-len 32 \
-      --batch-tokens 4000 $KD $(budget "$SUMM_STEPS")"
+      --batch-tokens 4000 $KD"
 DDTP_EVAL="--task data/ddtp-en-de --beam 4 --split-sentences"
 SUMM_EVAL="--task data/debian-summ --beam 4"
 
@@ -54,9 +58,10 @@ row() {
         # + learned activations, + statistics-based weights, + both (= ddtp-2-2-2)
         ddtp-twn-2-2-2|ddtp-bwn-1-1-1|ddtp-twn+elastic-2-2-2|ddtp-stats-2-2-2)
                                  echo "$DDTP $(budget "$DDTP_STEPS") --quant ${1#ddtp-} --lr 1e-3" ;;
-        summ-2-2-8|summ-1-1-8)   echo "$SUMM --quant ${1#summ-} --lr 2.5e-4" ;;
-        summ-2-2-2)              echo "$SUMM --quant 2-2-2 --lr 1e-3" ;;
-        summ-1-1-1)              echo "$(stage "$SUMM" "$OUT/summ-1-1-8/best.npz") --quant 1-1-1 --lr 1e-3" ;;
+        summ-2-2-8)              echo "$SUMM $(budget $SUMM_STEPS_2_2_8) --quant 2-2-8 --lr 2.5e-4" ;;
+        summ-1-1-8)              echo "$SUMM $(budget $SUMM_STEPS_1_1_8) --quant 1-1-8 --lr 2.5e-4" ;;
+        summ-2-2-2)              echo "$SUMM $(budget $SUMM_STEPS_2_2_2) --quant 2-2-2 --lr 1e-3" ;;
+        summ-1-1-1)              echo "$(stage "$SUMM" "$OUT/summ-1-1-8/best.npz") $(budget $SUMM_STEPS_1_1_1) --quant 1-1-1 --lr 1e-3" ;;
         *) return 1 ;;
     esac
 }
