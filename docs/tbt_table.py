@@ -92,8 +92,8 @@ def main(argv=None):
         print("|---" * (len(keys) + 5) + "|")
         for label, row in rows:
             scores, last = _read(row, key)
-            if scores is None:                                    # not scored: not run, or still training
-                state = f"training ({last['last_step']} steps)" if last else "not run"
+            if scores is None:             # not run, or a log without a score (training, or cut off)
+                state = f"unscored ({last['last_step']} steps)" if last else "not run"
                 print(f"| {label} | " + " | ".join(state for _ in keys) + " | | | | |")
                 continue
             cells = []
