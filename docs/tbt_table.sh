@@ -28,8 +28,9 @@ DDTP_STEPS=${DDTP_STEPS:-3400}     # about 3.1 s a step at d_model 192 beside an
 FIRST_STEPS=2800                   # the rows started before minitbt/malloc.py, at about 3.5 s a step
 # Summarization rows: steps per row, each row short enough to train and be scored within one working
 # session (the run folder did not survive from one session to the next on 2026-12-02, so a cut-off
-# row could not resume); on the machine that trained them a step took about 1.7 s beside another run,
-# so MINUTES never bound. The 1-1-8 row is short so that the 1-1-1 row, its student, fits after it.
+# row could not resume); on the machine that trained them a step took 1.7 to 1.9 s beside another run.
+# They ran with MINUTES=90, 40, 60 and 80 (2-2-8, 1-1-8, 2-2-2, 1-1-1); only the 1-1-1 row reached its
+# cap, at step 2,532 of 2,600. The 1-1-8 row is short so that the 1-1-1 row, its student, fits after it.
 SUMM_STEPS_2_2_8=1700 SUMM_STEPS_1_1_8=760 SUMM_STEPS_2_2_2=2000 SUMM_STEPS_1_1_1=2600
 
 # The pilot's recipe (docs/quantization.md, "What the pilot chose"): distillation on the logits alone
