@@ -12,7 +12,8 @@
 # thread, two rows side by side at most. A row trains for MINUTES (180: the 3 hours a row may take,
 # validation excluded) or STEPS steps; its learning rate decays linearly to 0 at STEPS, set to about
 # what a row reaches in MINUTES beside one other run. A row that was cut off (its last.npz is there and
-# it has no test.json) continues with --resume when it is named again. The test score is of best.npz
+# it has no test.json) continues with --resume when it is named again; so does a finished row whose
+# step count was raised here (see the summarization rows). The test score is of best.npz
 # (the best validation metric on 500 sentences spread over the split), on the packed model, with the
 # FP rows' decoding: beam 4, and for translation one sentence at a time (--split-sentences).
 # When a row is scored, its metrics log and test scores are copied to docs/runs/table/<row>.* and its
@@ -26,12 +27,15 @@ OUT=${OUT:-runs/table}
 MINUTES=${MINUTES:-180}
 DDTP_STEPS=${DDTP_STEPS:-3400}     # about 3.1 s a step at d_model 192 beside another run (logit KD)
 FIRST_STEPS=2800                   # the rows started before minitbt/malloc.py, at about 3.5 s a step
-# Summarization rows: steps per row, each row short enough to train and be scored within one working
-# session (the run folder did not survive from one session to the next on 2026-12-02, so a cut-off
-# row could not resume); on the machine that trained them a step took 1.7 to 1.9 s beside another run.
-# They ran with MINUTES=90, 40, 60 and 80 (2-2-8, 1-1-8, 2-2-2, 1-1-1); only the 1-1-1 row reached its
-# cap, at step 2,532 of 2,600. The 1-1-8 row is short so that the 1-1-1 row, its student, fits after it.
-SUMM_STEPS_2_2_8=1700 SUMM_STEPS_1_1_8=760 SUMM_STEPS_2_2_2=2000 SUMM_STEPS_1_1_1=2600
+# Summarization rows: steps per row. They first ran short enough to train and be scored within one
+# working session (1,700 / 760 / 2,000 / 2,600 steps for 2-2-8 / 1-1-8 / 2-2-2 / 1-1-1, with MINUTES=90,
+# 40, 60, 80), because the run folder did not always survive from one session to the next. A row is
+# then extended towards the full 3 hours by naming it again with a larger step count here: its
+# last.npz resumes with --max-steps raised (--allow-change max_steps), so its learning rate, which
+# had decayed to 0, climbs back to the linear schedule of the longer run, and MINUTES caps its
+# training time in total, both parts together. best.npz is the best validation score of both parts.
+# A step took 1.5 to 1.9 s beside another run on the machine that trained them.
+SUMM_STEPS_2_2_8=1700 SUMM_STEPS_1_1_8=760 SUMM_STEPS_2_2_2=6500 SUMM_STEPS_1_1_1=5600
 
 # The pilot's recipe (docs/quantization.md, "What the pilot chose"): distillation on the logits alone
 # (CE + soft CE; TBT's hidden-state and attention MSE terms off), the defaults of --quant otherwise.
@@ -127,9 +131,12 @@ for name in "$@"; do
     esac
     args=$(row "$name") || { echo "unknown row $name; rows: $ROWS" >&2; exit 2; }
     args=$(echo $args)
-    if [ -f "$OUT/$name/last.npz" ]; then            # cut off earlier: continue from its checkpoint
-        echo "== $name: minitbt --threads 1 train --resume --out $OUT/$name"
-        minitbt --threads 1 train --resume --out "$OUT/$name" >> "$OUT/$name.train.log" 2>&1
+    if [ -f "$OUT/$name/last.npz" ]; then            # cut off or extended: continue from its checkpoint
+        steps=$(echo "$args" | sed 's/.*--max-steps \([0-9]*\).*/\1/')
+        resume="--resume --out $OUT/$name --max-steps $steps --max-minutes $MINUTES --allow-change max_steps"
+        echo "== $name: minitbt --threads 1 train $resume"
+        # shellcheck disable=SC2086
+        minitbt --threads 1 train $resume >> "$OUT/$name.train.log" 2>&1
     else
         echo "== $name: minitbt --threads 1 train $args --out $OUT/$name"
         # shellcheck disable=SC2086
