@@ -35,7 +35,7 @@ FIRST_STEPS=2800                   # the rows started before minitbt/malloc.py, 
 # had decayed to 0, climbs back to the linear schedule of the longer run, and MINUTES caps its
 # training time in total, both parts together. best.npz is the best validation score of both parts.
 # A step took 1.5 to 1.9 s beside another run on the machine that trained them.
-SUMM_STEPS_2_2_8=6000 SUMM_STEPS_1_1_8=5000 SUMM_STEPS_2_2_2=6500 SUMM_STEPS_1_1_1=5600
+SUMM_STEPS_2_2_8=6000 SUMM_STEPS_1_1_8=5000 SUMM_STEPS_2_2_2=6500 SUMM_STEPS_1_1_1=3700
 
 # The pilot's recipe (docs/quantization.md, "What the pilot chose"): distillation on the logits alone
 # (CE + soft CE; TBT's hidden-state and attention MSE terms off), the defaults of --quant otherwise.
@@ -60,9 +60,10 @@ row() {
         # multi-step at 2-2-2 (not in the pilot): FP -> the 2-2-8 row -> 2-2-2, as the 1-1-1 rows do
         ddtp-multistep-2-2-2)    echo "$(stage "$DDTP" "$OUT/ddtp-2-2-8/best.npz") $(budget "$DDTP_STEPS") --quant 2-2-2 --lr 1e-3" ;;
         # the baselines and the 2-2-2 ablation (TBT Table 3): TWN/BWN weights with min-max activations,
-        # + learned activations, + statistics-based weights, + both (= ddtp-2-2-2)
+        # + learned activations, + statistics-based weights, + both (= ddtp-2-2-2); with ddtp-2-2-2's
+        # budget, so that each compares with it step for step
         ddtp-twn-2-2-2|ddtp-bwn-1-1-1|ddtp-twn+elastic-2-2-2|ddtp-stats-2-2-2)
-                                 echo "$DDTP $(budget "$DDTP_STEPS") --quant ${1#ddtp-} --lr 1e-3" ;;
+                                 echo "$DDTP $(budget $FIRST_STEPS) --quant ${1#ddtp-} --lr 1e-3" ;;
         summ-2-2-8)              echo "$SUMM $(budget $SUMM_STEPS_2_2_8) --quant 2-2-8 --lr 2.5e-4" ;;
         summ-1-1-8)              echo "$SUMM $(budget $SUMM_STEPS_1_1_8) --quant 1-1-8 --lr 2.5e-4" ;;
         summ-2-2-2)              echo "$SUMM $(budget $SUMM_STEPS_2_2_2) --quant 2-2-2 --lr 1e-3" ;;
