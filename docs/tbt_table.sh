@@ -35,7 +35,7 @@ FIRST_STEPS=2800                   # the rows started before minitbt/malloc.py, 
 # had decayed to 0, climbs back to the linear schedule of the longer run, and MINUTES caps its
 # training time in total, both parts together. best.npz is the best validation score of both parts.
 # A step took 1.5 to 1.9 s beside another run on the machine that trained them.
-SUMM_STEPS_2_2_8=6000 SUMM_STEPS_1_1_8=5000 SUMM_STEPS_2_2_2=6500 SUMM_STEPS_1_1_1=4700
+SUMM_STEPS_2_2_8=6000 SUMM_STEPS_1_1_8=5000 SUMM_STEPS_2_2_2=6500 SUMM_STEPS_1_1_1=${SUMM_STEPS_1_1_1:-5600}
 
 # The pilot's recipe (docs/quantization.md, "What the pilot chose"): distillation on the logits alone
 # (CE + soft CE; TBT's hidden-state and attention MSE terms off), the defaults of --quant otherwise.
