@@ -26,7 +26,8 @@ SUMM_FP=${SUMM_FP:-models/debian-summ-fp.npz}
 OUT=${OUT:-runs/table}
 MINUTES=${MINUTES:-180}
 DDTP_STEPS=${DDTP_STEPS:-3400}     # about 3.1 s a step at d_model 192 beside another run (logit KD)
-FIRST_STEPS=2800                   # the rows started before minitbt/malloc.py, at about 3.5 s a step
+FIRST_STEPS=2800                   # the rows started before minitbt/malloc.py, at about 3.5 s a step,
+                                   # and the baselines and ablation rows, which compare with ddtp-2-2-2
 # Summarization rows: steps per row. They first ran short enough to train and be scored within one
 # working session (1,700 / 760 / 2,000 / 2,600 steps for 2-2-8 / 1-1-8 / 2-2-2 / 1-1-1, with MINUTES=90,
 # 40, 60, 80), because the run folder did not always survive from one session to the next. A row is
@@ -35,6 +36,7 @@ FIRST_STEPS=2800                   # the rows started before minitbt/malloc.py, 
 # had decayed to 0, climbs back to the linear schedule of the longer run, and MINUTES caps its
 # training time in total, both parts together. best.npz is the best validation score of both parts.
 # A step took 1.5 to 1.9 s beside another run on the machine that trained them.
+# SUMM_STEPS_1_1_1 may be set from outside: the retrain of docs/results.md used 4700.
 SUMM_STEPS_2_2_8=6000 SUMM_STEPS_1_1_8=5000 SUMM_STEPS_2_2_2=6500 SUMM_STEPS_1_1_1=${SUMM_STEPS_1_1_1:-5600}
 
 # The pilot's recipe (docs/quantization.md, "What the pilot chose"): distillation on the logits alone
