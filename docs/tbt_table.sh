@@ -26,8 +26,10 @@ SUMM_FP=${SUMM_FP:-models/debian-summ-fp.npz}
 OUT=${OUT:-runs/table}
 MINUTES=${MINUTES:-180}
 DDTP_STEPS=${DDTP_STEPS:-3400}     # about 3.1 s a step at d_model 192 beside another run (logit KD)
-FIRST_STEPS=2800                   # the rows started before minitbt/malloc.py, at about 3.5 s a step,
-                                   # and the baselines and ablation rows, which compare with ddtp-2-2-2
+FIRST_STEPS=${FIRST_STEPS:-2800}   # the rows started before minitbt/malloc.py, at about 3.5 s a step,
+                                   # and the baselines and ablation rows, which compare with ddtp-2-2-2;
+                                   # the reruns of ddtp-1-1-8 and ddtp-2-2-2 on a machine twice as fast
+                                   # set it from outside (docs/results.md gives their commands)
 # Summarization rows: steps per row. They first ran short enough to train and be scored within one
 # working session (1,700 / 760 / 2,000 / 2,600 steps for 2-2-8 / 1-1-8 / 2-2-2 / 1-1-1, with MINUTES=90,
 # 40, 60, 80), because the run folder did not always survive from one session to the next. A row is
