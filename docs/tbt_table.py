@@ -28,6 +28,7 @@ TABLES = {
         ["bleu", "chrf"],
         [("FP (shipped)", "ddtp-fp"), ("TBT 2-2-8", "ddtp-2-2-8"), ("TBT 1-1-8", "ddtp-1-1-8"),
          ("TBT 2-2-2", "ddtp-2-2-2"), ("TBT 1-1-1", "ddtp-1-1-1"),
+         ("TBT 2-2-2, the first run (2,800 steps)", "ddtp-2-2-2-2800"),
          ("TBT 2-2-2, multi-step from 2-2-8", "ddtp-multistep-2-2-2"),
          ("TWN baseline 2-2-2", "ddtp-twn-2-2-2"), ("BWN baseline 1-1-1", "ddtp-bwn-1-1-1")]),
     "Ablation at 2-2-2 (ddtp-en-de, test split)": (
@@ -35,7 +36,7 @@ TABLES = {
         [("TWN weights + min-max activations (baseline)", "ddtp-twn-2-2-2"),
          ("+ learned (elastic) activations", "ddtp-twn+elastic-2-2-2"),
          ("+ statistics-based weights", "ddtp-stats-2-2-2"),
-         ("+ both (TBT)", "ddtp-2-2-2")]),
+         ("+ both (TBT, the same 2,800 steps)", "ddtp-2-2-2-2800")]),
     "debian-summ (summarization), test split": (
         ["rouge1", "rouge2", "rougeL"],
         [("FP (shipped)", "summ-fp"), ("TBT 2-2-8", "summ-2-2-8"), ("TBT 1-1-8", "summ-1-1-8"),

@@ -27,9 +27,11 @@ OUT=${OUT:-runs/table}
 MINUTES=${MINUTES:-180}
 DDTP_STEPS=${DDTP_STEPS:-3400}     # about 3.1 s a step at d_model 192 beside another run (logit KD)
 FIRST_STEPS=${FIRST_STEPS:-2800}   # the rows started before minitbt/malloc.py, at about 3.5 s a step,
-                                   # and the baselines and ablation rows, which compare with ddtp-2-2-2;
-                                   # the reruns of ddtp-1-1-8 and ddtp-2-2-2 on a machine twice as fast
-                                   # set it from outside (docs/results.md gives their commands)
+                                   # and the baselines and ablation rows, which compare step for step
+                                   # with ddtp-2-2-2-2800 (the first 2-2-2 row); the rerun of ddtp-1-1-8
+                                   # sets it from outside (docs/results.md gives its command)
+RERUN_STEPS=${RERUN_STEPS:-5000}   # ddtp-2-2-2, trained again on a machine twice as fast (1.6 to 2.1 s
+                                   # a step beside another run): what its 3 hours hold there
 # Summarization rows: steps per row. They first ran short enough to train and be scored within one
 # working session (1,700 / 760 / 2,000 / 2,600 steps for 2-2-8 / 1-1-8 / 2-2-2 / 1-1-1, with MINUTES=90,
 # 40, 60, 80), because the run folder did not always survive from one session to the next. A row is
@@ -59,13 +61,14 @@ stage() { echo "$1" | sed "s|--teacher [^ ]*|--teacher $2|; s|--init [^ ]*|--ini
 row() {
     case "$1" in
         ddtp-2-2-8|ddtp-1-1-8)   echo "$DDTP $(budget $FIRST_STEPS) --quant ${1#ddtp-} --lr 2.5e-4" ;;
-        ddtp-2-2-2)              echo "$DDTP $(budget $FIRST_STEPS) --quant 2-2-2 --lr 1e-3" ;;
+        ddtp-2-2-2)              echo "$DDTP $(budget $RERUN_STEPS) --quant 2-2-2 --lr 1e-3" ;;
+        ddtp-2-2-2-2800)         echo "$DDTP $(budget $FIRST_STEPS) --quant 2-2-2 --lr 1e-3" ;;
         ddtp-1-1-1)              echo "$(stage "$DDTP" "$OUT/ddtp-1-1-8/best.npz") $(budget "$DDTP_STEPS") --quant 1-1-1 --lr 1e-3" ;;
         # multi-step at 2-2-2 (not in the pilot): FP -> the 2-2-8 row -> 2-2-2, as the 1-1-1 rows do
         ddtp-multistep-2-2-2)    echo "$(stage "$DDTP" "$OUT/ddtp-2-2-8/best.npz") $(budget "$DDTP_STEPS") --quant 2-2-2 --lr 1e-3" ;;
         # the baselines and the 2-2-2 ablation (TBT Table 3): TWN/BWN weights with min-max activations,
-        # + learned activations, + statistics-based weights, + both (= ddtp-2-2-2); with ddtp-2-2-2's
-        # budget, so that each compares with it step for step
+        # + learned activations, + statistics-based weights, + both (= ddtp-2-2-2-2800); with that
+        # row's budget, so that each compares with it step for step
         ddtp-twn-2-2-2|ddtp-bwn-1-1-1|ddtp-twn+elastic-2-2-2|ddtp-stats-2-2-2)
                                  echo "$DDTP $(budget $FIRST_STEPS) --quant ${1#ddtp-} --lr 1e-3" ;;
         summ-2-2-8)              echo "$SUMM $(budget $SUMM_STEPS_2_2_8) --quant 2-2-8 --lr 2.5e-4" ;;
@@ -76,7 +79,7 @@ row() {
     esac
 }
 
-ROWS="ddtp-fp ddtp-2-2-8 ddtp-1-1-8 ddtp-2-2-2 ddtp-1-1-1 ddtp-multistep-2-2-2 ddtp-twn-2-2-2 ddtp-bwn-1-1-1 ddtp-twn+elastic-2-2-2
+ROWS="ddtp-fp ddtp-2-2-8 ddtp-1-1-8 ddtp-2-2-2 ddtp-2-2-2-2800 ddtp-1-1-1 ddtp-multistep-2-2-2 ddtp-twn-2-2-2 ddtp-bwn-1-1-1 ddtp-twn+elastic-2-2-2
       ddtp-stats-2-2-2 summ-fp summ-2-2-8 summ-1-1-8 summ-2-2-2 summ-1-1-1"
 if [ "${1:-list}" = list ]; then echo $ROWS; exit 0; fi
 
