@@ -30,8 +30,10 @@ FIRST_STEPS=${FIRST_STEPS:-2800}   # the rows started before minitbt/malloc.py, 
                                    # and the baselines and ablation rows, which compare step for step
                                    # with ddtp-2-2-2-2800 (the first 2-2-2 row); the rerun of ddtp-1-1-8
                                    # sets it from outside (docs/results.md gives its command)
-RERUN_STEPS=${RERUN_STEPS:-5000}   # ddtp-2-2-2, trained again on a machine twice as fast (1.6 to 2.1 s
-                                   # a step beside another run): what its 3 hours hold there
+RERUN_STEPS=${RERUN_STEPS:-5800}   # ddtp-2-2-2, trained again on a machine twice as fast (1.6 to 2.1 s
+                                   # a step beside another run): first to 5,000 steps (RERUN_STEPS=5000),
+                                   # then named again at 5,800 to fill its 3 hours, as the summarization
+                                   # rows below were extended
 # Summarization rows: steps per row. They first ran short enough to train and be scored within one
 # working session (1,700 / 760 / 2,000 / 2,600 steps for 2-2-8 / 1-1-8 / 2-2-2 / 1-1-1, with MINUTES=90,
 # 40, 60, 80), because the run folder did not always survive from one session to the next. A row is
