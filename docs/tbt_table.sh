@@ -28,12 +28,13 @@ MINUTES=${MINUTES:-180}
 DDTP_STEPS=${DDTP_STEPS:-3400}     # about 3.1 s a step at d_model 192 beside another run (logit KD)
 FIRST_STEPS=${FIRST_STEPS:-2800}   # the rows started before minitbt/malloc.py, at about 3.5 s a step,
                                    # and the baselines and ablation rows, which compare step for step
-                                   # with ddtp-2-2-2-2800 (the first 2-2-2 row); the rerun of ddtp-1-1-8
-                                   # sets it from outside (docs/results.md gives its command)
+                                   # with ddtp-2-2-2-2800 (the first 2-2-2 row)
 RERUN_STEPS=${RERUN_STEPS:-5800}   # ddtp-2-2-2, trained again on a machine twice as fast (1.6 to 2.1 s
                                    # a step beside another run): first to 5,000 steps (RERUN_STEPS=5000),
                                    # then named again at 5,800 to fill its 3 hours, as the summarization
                                    # rows below were extended
+RERUN_STEPS_1_1_8=${RERUN_STEPS_1_1_8:-5000}   # ddtp-1-1-8, trained again on that machine; it reached
+                                   # its 180 minutes at step 4,846 (its first run: ddtp-1-1-8-2800)
 # Summarization rows: steps per row. They first ran short enough to train and be scored within one
 # working session (1,700 / 760 / 2,000 / 2,600 steps for 2-2-8 / 1-1-8 / 2-2-2 / 1-1-1, with MINUTES=90,
 # 40, 60, 80), because the run folder did not always survive from one session to the next. A row is
@@ -57,15 +58,19 @@ SUMM_EVAL="--task data/debian-summ --beam 4"
 
 # row -> its training flags. A8 rows learn at 2.5e-4 (TBT's fine-tuning rate); A2/A1 rows at 1e-3, twice
 # TBT's 5e-4: the pilot's winner at both 2-2-2 and 1-1-1 (docs/quantization.md, "What the pilot chose").
-# The 1-1-1 rows are BiT's multi-step distillation, also the pilot's winner: the task's 1-1-8 row (its
-# best.npz) is their teacher and their initial weights, so they run after it.
+# The 1-1-1 rows are BiT's multi-step distillation, also the pilot's winner: a 1-1-8 row of the task (its
+# best.npz; for ddtp, the first run ddtp-1-1-8-2800) is their teacher and their initial weights, so they
+# run after it.
 stage() { echo "$1" | sed "s|--teacher [^ ]*|--teacher $2|; s|--init [^ ]*|--init $2|"; }
 row() {
     case "$1" in
-        ddtp-2-2-8|ddtp-1-1-8)   echo "$DDTP $(budget $FIRST_STEPS) --quant ${1#ddtp-} --lr 2.5e-4" ;;
+        ddtp-2-2-8)              echo "$DDTP $(budget $FIRST_STEPS) --quant 2-2-8 --lr 2.5e-4" ;;
+        ddtp-1-1-8)              echo "$DDTP $(budget $RERUN_STEPS_1_1_8) --quant 1-1-8 --lr 2.5e-4" ;;
+        ddtp-1-1-8-2800)         echo "$DDTP $(budget $FIRST_STEPS) --quant 1-1-8 --lr 2.5e-4" ;;
         ddtp-2-2-2)              echo "$DDTP $(budget $RERUN_STEPS) --quant 2-2-2 --lr 1e-3" ;;
         ddtp-2-2-2-2800)         echo "$DDTP $(budget $FIRST_STEPS) --quant 2-2-2 --lr 1e-3" ;;
-        ddtp-1-1-1)              echo "$(stage "$DDTP" "$OUT/ddtp-1-1-8/best.npz") $(budget "$DDTP_STEPS") --quant 1-1-1 --lr 1e-3" ;;
+        # ddtp-1-1-1 was staged from the first 1-1-8 run (ddtp-1-1-8 was retrained after it)
+        ddtp-1-1-1)              echo "$(stage "$DDTP" "$OUT/ddtp-1-1-8-2800/best.npz") $(budget "$DDTP_STEPS") --quant 1-1-1 --lr 1e-3" ;;
         # multi-step at 2-2-2 (not in the pilot): FP -> the 2-2-8 row -> 2-2-2, as the 1-1-1 rows do
         ddtp-multistep-2-2-2)    echo "$(stage "$DDTP" "$OUT/ddtp-2-2-8/best.npz") $(budget "$DDTP_STEPS") --quant 2-2-2 --lr 1e-3" ;;
         # the baselines and the 2-2-2 ablation (TBT Table 3): TWN/BWN weights with min-max activations,
@@ -81,7 +86,7 @@ row() {
     esac
 }
 
-ROWS="ddtp-fp ddtp-2-2-8 ddtp-1-1-8 ddtp-2-2-2 ddtp-2-2-2-2800 ddtp-1-1-1 ddtp-multistep-2-2-2 ddtp-twn-2-2-2 ddtp-bwn-1-1-1 ddtp-twn+elastic-2-2-2
+ROWS="ddtp-fp ddtp-2-2-8 ddtp-1-1-8 ddtp-1-1-8-2800 ddtp-2-2-2 ddtp-2-2-2-2800 ddtp-1-1-1 ddtp-multistep-2-2-2 ddtp-twn-2-2-2 ddtp-bwn-1-1-1 ddtp-twn+elastic-2-2-2
       ddtp-stats-2-2-2 summ-fp summ-2-2-8 summ-1-1-8 summ-2-2-2 summ-1-1-1"
 if [ "${1:-list}" = list ]; then echo $ROWS; exit 0; fi
 
@@ -127,6 +132,7 @@ for name in "$@"; do
     fi
     case "$name" in                                  # a multi-step row needs its stage's best.npz
         ddtp-bwn-1-1-1)       stage_row= ;;
+        ddtp-1-1-1)           stage_row=ddtp-1-1-8-2800 ;;
         *-1-1-1)              stage_row=${name%-1-1-1}-1-1-8 ;;
         ddtp-multistep-2-2-2) stage_row=ddtp-2-2-8 ;;
         *)                    stage_row= ;;
