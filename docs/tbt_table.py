@@ -28,6 +28,7 @@ TABLES = {
         ["bleu", "chrf"],
         [("FP (shipped)", "ddtp-fp"), ("TBT 2-2-8", "ddtp-2-2-8"), ("TBT 1-1-8", "ddtp-1-1-8"),
          ("TBT 2-2-2", "ddtp-2-2-2"), ("TBT 1-1-1", "ddtp-1-1-1"),
+         ("TBT 1-1-8, the first run (2,509 steps)", "ddtp-1-1-8-2800"),
          ("TBT 2-2-2, the first run (2,800 steps)", "ddtp-2-2-2-2800"),
          ("TBT 2-2-2, multi-step from 2-2-8", "ddtp-multistep-2-2-2"),
          ("TWN baseline 2-2-2", "ddtp-twn-2-2-2"), ("BWN baseline 1-1-1", "ddtp-bwn-1-1-1")]),
