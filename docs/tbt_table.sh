@@ -44,9 +44,9 @@ RERUN_STEPS_1_1_8=${RERUN_STEPS_1_1_8:-5000}   # ddtp-1-1-8, trained again on th
 # training time in total, both parts together. best.npz is the best validation score of both parts.
 # A step took 1.5 to 1.9 s beside another run on the machine that trained them.
 # SUMM_STEPS_1_1_1 may be set from outside: the retrain of docs/results.md used 4700.
-# summ-2-2-2 finished its 6,500 steps in 157 minutes; it was named again at 7,400 to fill its 3 hours
-# (MINUTES=180), as ddtp-2-2-2 was.
-SUMM_STEPS_2_2_8=6000 SUMM_STEPS_1_1_8=5000 SUMM_STEPS_2_2_2=7400 SUMM_STEPS_1_1_1=${SUMM_STEPS_1_1_1:-5600}
+# summ-2-2-2 and summ-1-1-1 finished their 6,500 and 5,600 steps in 157 and 171 minutes; they were
+# named again at 7,400 and 5,900 to fill their 3 hours (MINUTES=180), as ddtp-2-2-2 was.
+SUMM_STEPS_2_2_8=6000 SUMM_STEPS_1_1_8=5000 SUMM_STEPS_2_2_2=7400 SUMM_STEPS_1_1_1=${SUMM_STEPS_1_1_1:-5900}
 
 # The pilot's recipe (docs/quantization.md, "What the pilot chose"): distillation on the logits alone
 # (CE + soft CE; TBT's hidden-state and attention MSE terms off), the defaults of --quant otherwise.
