@@ -5,9 +5,12 @@ with its settings (a changed one is refused by name unless asked for); ``--init`
 ``--teacher`` share the task's tokenizer. While it trains: a loss or gradient that stops being
 finite ends the run before the weights change (``TrainingDiverged``). docs/training.md, "Bad input".
 """
+import hashlib
 import os
 import tempfile
 from dataclasses import fields
+
+import numpy as np
 
 from minitbt import checkpoint
 from minitbt.config import TrainConfig
@@ -52,6 +55,23 @@ def check_resume(saved, cfg, allow_change=(), where: str = "the checkpoint") -> 
         hint = ("; these cannot change on resume (start a new run with --init instead)" if fixed else
                 f"; pass --allow-change {','.join(refused)} to change them on purpose")
         raise ValueError(f"--resume: {where} was trained with other settings ({diff}){hint}")
+
+
+def weights_fingerprint(model) -> str:
+    """A short SHA-256 of a model's arrays (names and bytes): the teacher a run distils from."""
+    h = hashlib.sha256()
+    for name, array in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_same_teacher(saved: str | None, now: str, path: str, allow_change=()) -> None:
+    """--resume distils from the teacher the run started with. The path alone is not enough: a
+    file rewritten in place (a teacher run that was extended) would change the loss silently."""
+    if saved is not None and saved != now and "teacher" not in allow_change:
+        raise ValueError(f"--resume: the teacher {path} is not the one this run started with (its weights "
+                         f"changed since); pass --allow-change teacher to distil from it on purpose")
 
 
 def check_vocabulary(path: str, meta: dict, tokenizer, vocab_size: int, role: str) -> None:

@@ -33,7 +33,8 @@ from minitbt.distill import distillation_loss
 from minitbt.malloc import keep_freed_memory
 from minitbt.model_io import build_model, load_latent_fp, load_model, model_meta, quantize, with_copy_gate
 from minitbt.run_checks import (FIXED_ON_RESUME, FREE_ON_RESUME, TrainingDiverged, check_out_dir,  # noqa: F401
-                                check_resume, check_vocabulary, saved_config)
+                                check_resume, check_same_teacher, check_vocabulary, saved_config,
+                                weights_fingerprint)
 from minitbt.tensor import no_grad
 
 
@@ -175,6 +176,10 @@ def _train(cfg, resume, quiet, allow_change, asked) -> dict:
         state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "train_seconds": 0.0, "best": None}
     else:
         model.rng.bit_generator.state = state["rng"]
+    if teacher is not None:                           # runs from before the check have no fingerprint
+        fingerprint = weights_fingerprint(teacher)
+        check_same_teacher(state.get("teacher_weights"), fingerprint, cfg.teacher, allow_change)
+        state["teacher_weights"] = fingerprint
     scales = ()                                       # parameters kept out of the global clip
     if cfg.quant:
         from minitbt.quant import attach_lat_curvature, quantizer_parameters

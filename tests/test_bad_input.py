@@ -203,6 +203,24 @@ def test_resume_refuses_changed_settings(model, task, tmp_path):
     assert json.loads(out.splitlines()[-1])["step"] == 6
 
 
+def test_resume_refuses_a_teacher_rewritten_in_place(model, task, tmp_path):
+    """Same --teacher path, other weights (the teacher's own run was extended): refused by name."""
+    import shutil
+    teacher, run = tmp_path / "teacher.npz", tmp_path / "run"
+    shutil.copy(model, teacher)
+    common = ["--task", task, "--out", run, "--teacher", teacher, "--quant", "2-2-8", "--eval-every", "2",
+              "--eval-sentences", "2"]
+    rc, _, err = run_cli("train", "--preset", "test", "--max-steps", "2", *common)
+    assert rc == 0, err
+    shutil.copy(run / "last.npz", teacher)             # a different model at the same path
+    rc, _, err = run_cli("train", "--resume", "--out", run, "--max-steps", "3", "--allow-change", "max_steps")
+    assert_clean_error(rc, err, "teacher", "changed", "--allow-change teacher")
+    rc, out, err = run_cli("train", "--resume", "--out", run, "--max-steps", "3",
+                           "--allow-change", "max_steps,teacher")
+    assert rc == 0, err
+    assert json.loads(out.splitlines()[-1])["step"] == 3
+
+
 def test_resume_takes_the_saved_settings(model):
     saved = config_from_preset("test", **checkpoint.load(model)[1]["train_config"])
     check_resume(saved, saved)                                        # the same: fine
