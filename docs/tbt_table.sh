@@ -132,23 +132,17 @@ for name in "$@"; do
         esac
         continue
     fi
-    case "$name" in                                  # a multi-step row needs its stage's best.npz
-        ddtp-bwn-1-1-1)       stage_row= ;;
-        ddtp-1-1-1)           stage_row=ddtp-1-1-8-2800 ;;
-        *-1-1-1)              stage_row=${name%-1-1-1}-1-1-8 ;;
-        ddtp-multistep-2-2-2) stage_row=ddtp-2-2-8 ;;
-        *)                    stage_row= ;;
-    esac
-    if [ -n "$stage_row" ] && [ ! -f "$OUT/$stage_row/best.npz" ] && [ ! -f "$OUT/$name/last.npz" ]; then
-        echo "$name starts from $OUT/$stage_row/best.npz: run $stage_row first" >&2; exit 2
-    fi
-    mkdir -p "$OUT/$name"
     case "$name" in
-        ddtp-fp) score "$DDTP_FP" "$name" $DDTP_EVAL; keep "$name" bleu; continue ;;
-        summ-fp) score "$SUMM_FP" "$name" $SUMM_EVAL; keep "$name" rougeL; continue ;;
+        ddtp-fp) mkdir -p "$OUT/$name"; score "$DDTP_FP" "$name" $DDTP_EVAL; keep "$name" bleu; continue ;;
+        summ-fp) mkdir -p "$OUT/$name"; score "$SUMM_FP" "$name" $SUMM_EVAL; keep "$name" rougeL; continue ;;
     esac
     args=$(row "$name") || { echo "unknown row $name; rows: $ROWS" >&2; exit 2; }
     args=$(echo $args)
+    stage=$(echo "$args" | sed -n "s|.*--teacher \($OUT/[^ ]*\).*|\1|p")   # a multi-step row's stage (row())
+    if [ -n "$stage" ] && [ ! -f "$stage" ] && [ ! -f "$OUT/$name/last.npz" ]; then
+        echo "$name starts from $stage: run $(basename "$(dirname "$stage")") first" >&2; exit 2
+    fi
+    mkdir -p "$OUT/$name"
     if [ -f "$OUT/$name/last.npz" ]; then            # cut off or extended: continue from its checkpoint
         steps=$(echo "$args" | sed 's/.*--max-steps \([0-9]*\).*/\1/')
         resume="--resume --out $OUT/$name --max-steps $steps --max-minutes $MINUTES --allow-change max_steps"
